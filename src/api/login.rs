@@ -1,0 +1,55 @@
+//! `POST /api/login/`: check the password, set the session cookie.
+
+use serde_json::Map;
+
+use super::{string_field, user_json};
+use crate::Ctx;
+use crate::db::Throttle;
+use crate::error::ApiError;
+use crate::http::{Reply, Req};
+
+/// Longest email kept as a throttle key; longer ones cannot belong to a user anyway.
+const MAX_KEY_CHARS: usize = 320;
+
+/// Logs a user in. Unknown email, wrong password and inactive user all cost one bcrypt
+/// verification and get the same 401; over the throttle's limits, 429 whatever the password.
+pub fn login(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
+    let body = req.json_object(ctx.config.max_body_bytes)?;
+    let mut errors = Map::new();
+    let email = string_field(&body, "email", &mut errors);
+    let password = string_field(&body, "password", &mut errors);
+    let (Some(email), Some(password)) = (email, password) else {
+        return Err(ApiError::Validation(errors));
+    };
+    let email = email.trim();
+    let email_key: String = email.to_lowercase().chars().take(MAX_KEY_CHARS).collect();
+    let ip_key = req.peer.map(|ip| ip.to_string()).unwrap_or_default();
+    let cfg = &ctx.config;
+
+    let found = {
+        let mut conn = ctx.conn()?;
+        if let Throttle::Refused(secs) = conn.throttle_hit(
+            &email_key,
+            &ip_key,
+            cfg.login_window,
+            cfg.login_max_failures,
+            cfg.login_max_failures_per_ip,
+        )? {
+            log::info!("login throttled");
+            return Err(ApiError::Throttled(secs));
+        }
+        conn.user_by_email(email)?
+        // the connection goes back to the pool before bcrypt runs
+    };
+    let matches = ctx
+        .hasher
+        .verify(&password, found.as_ref().map(|u| u.password.as_str()));
+    let user = match found {
+        Some(u) if matches && u.is_active => u.user,
+        _ => return Err(ApiError::InvalidCredentials),
+    };
+    ctx.conn()?.login_succeeded(user.id, &email_key, &ip_key)?;
+    let issued = ctx.tokens.issue(user.id).map_err(ApiError::Internal)?;
+    Ok(Reply::json(200, &user_json(&user))
+        .with("Set-Cookie", ctx.cookie.set(&issued.token, cfg.jwt_ttl)))
+}

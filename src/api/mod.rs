@@ -1,0 +1,52 @@
+//! The endpoint handlers, one file per group, and what they share.
+
+pub mod health;
+pub mod login;
+pub mod logout;
+pub mod register;
+pub mod user;
+
+use serde_json::{Map, Value, json};
+
+use crate::Ctx;
+use crate::db::User;
+use crate::error::ApiError;
+use crate::http::Req;
+use crate::token::Verified;
+
+/// The user as every endpoint shows it.
+pub fn user_json(u: &User) -> Value {
+    json!({ "id": u.id, "name": u.name, "email": u.email })
+}
+
+/// The session token the client presented in its cookie, verified; `None` when there is
+/// none or it fails any check (the reason goes to the debug log).
+pub fn presented_token(ctx: &Ctx, req: &Req) -> Result<Option<Verified>, ApiError> {
+    let Some(token) = req.cookie(&ctx.cookie.name)? else {
+        return Ok(None);
+    };
+    match ctx.tokens.verify(&token) {
+        Ok(v) => Ok(Some(v)),
+        Err(why) => {
+            log::debug!("token refused: {why}");
+            Ok(None)
+        }
+    }
+}
+
+/// Takes the string field `name` from a JSON object, in DRF's words when it is missing,
+/// null, or not a string; a failure is recorded in `errors`.
+pub fn string_field(
+    body: &Map<String, Value>,
+    name: &str,
+    errors: &mut Map<String, Value>,
+) -> Option<String> {
+    let message = match body.get(name) {
+        Some(Value::String(s)) => return Some(s.clone()),
+        None => "This field is required.",
+        Some(Value::Null) => "This field may not be null.",
+        Some(_) => "Not a valid string.",
+    };
+    errors.insert(name.to_string(), json!([message]));
+    None
+}

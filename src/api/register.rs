@@ -1,0 +1,46 @@
+//! `POST /api/register/`: create a user.
+
+use serde_json::{Map, json};
+
+use super::{string_field, user_json};
+use crate::Ctx;
+use crate::db::User;
+use crate::domain::{Email, Name, Password};
+use crate::error::ApiError;
+use crate::http::{Reply, Req};
+
+/// Validates every field (reporting all bad ones at once), hashes the password, and
+/// inserts the user; a taken email (in any letter case) is a 400 on `email`.
+pub fn register(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
+    let body = req.json_object(ctx.config.max_body_bytes)?;
+    let mut errors = Map::new();
+    let name = string_field(&body, "name", &mut errors);
+    let email = string_field(&body, "email", &mut errors);
+    let password = string_field(&body, "password", &mut errors);
+    let name = name.and_then(|s| record(&mut errors, "name", Name::parse(&s)));
+    let email = email.and_then(|s| record(&mut errors, "email", Email::parse(&s)));
+    let password = password.and_then(|s| record(&mut errors, "password", Password::parse(&s)));
+    let (Some(name), Some(email), Some(password)) = (name, email, password) else {
+        return Err(ApiError::Validation(errors));
+    };
+    // Hash before taking a connection: bcrypt must not hold a pooled connection.
+    let hash = ctx.hasher.hash(&password).map_err(ApiError::Internal)?;
+    let id = ctx
+        .conn()?
+        .insert_user(name.as_str(), email.as_str(), &hash)?
+        .ok_or_else(|| ApiError::field("email", "user with this email already exists."))?;
+    let user = User {
+        id,
+        name: name.as_str().to_string(),
+        email: email.as_str().to_string(),
+    };
+    Ok(Reply::json(201, &user_json(&user)))
+}
+
+fn record<T>(errors: &mut Map<String, serde_json::Value>, field: &str, parsed: Result<T, String>) -> Option<T> {
+    parsed
+        .map_err(|m| {
+            errors.insert(field.to_string(), json!([m]));
+        })
+        .ok()
+}

@@ -1,0 +1,109 @@
+//! The `authd` command: parse the command line, load the config, start logging, migrate, serve.
+#![forbid(unsafe_code)]
+
+use std::process::exit;
+
+use authd::{App, Config, config::SETTINGS, db};
+
+const USAGE: &str = "authd: a small, fast, safe user-authentication server
+
+Usage:
+  authd              serve the API (migrates the schema first)
+  authd serve        the same
+  authd migrate      apply the schema to the database, then exit
+  authd --help       this text
+  authd --version    the version
+
+Exit status: 0 success, 1 runtime failure (database, migration, bind), 2 bad usage or setting.
+
+Settings (environment, or a .env file in the working directory):";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] | ["serve"] => serve(),
+        ["migrate"] => migrate(),
+        ["-h" | "--help" | "help"] => help(),
+        ["-V" | "--version" | "version"] => println!("authd {}", env!("CARGO_PKG_VERSION")),
+        other => {
+            eprintln!("authd: unknown command {:?}; see authd --help", other.join(" "));
+            exit(2);
+        }
+    }
+}
+
+fn help() {
+    println!("{USAGE}");
+    for (name, default, meaning) in SETTINGS {
+        println!("  {name:<44} {default:<22} {meaning}");
+    }
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+}
+
+fn load_config() -> Config {
+    Config::from_env().unwrap_or_else(|e| {
+        eprintln!("authd: configuration error: {e}");
+        exit(2);
+    })
+}
+
+fn migrate() {
+    init_logging();
+    let config = load_config();
+    match db::migrate(&config.database) {
+        Ok(n) => println!("authd: schema up to date ({n} migrations applied)"),
+        Err(e) => {
+            eprintln!("authd: migrate failed: {e}");
+            exit(1);
+        }
+    }
+}
+
+fn serve() {
+    init_logging();
+    let config = load_config();
+    if config.secret_key_generated {
+        log::warn!(
+            "SECRET_KEY is not set: using a random key for this run (DEBUG); sessions end at restart"
+        );
+    }
+    let migrated = match db::migrate(&config.database) {
+        Ok(_) => true,
+        Err(db::MigrateError::Unreachable(e)) => {
+            log::warn!("{e}; serving anyway, /readyz answers 503 until the database is reached");
+            false
+        }
+        Err(db::MigrateError::Failed(e)) => {
+            eprintln!("authd: migrate failed: {e}");
+            exit(1);
+        }
+    };
+    let bind = config.bind;
+    let app = App::build(config, migrated).unwrap_or_else(|e| {
+        eprintln!("authd: cannot listen on {bind}: {e}");
+        exit(1);
+    });
+    let stop = app.shutdown_handle();
+    match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    log::info!("signal {sig} received: finishing in-flight requests");
+                    stop.trigger();
+                }
+            });
+        }
+        Err(e) => log::warn!("cannot install signal handlers: {e}"),
+    }
+    log::info!("authd listening on http://{}", app.local_addr());
+    if let Err(e) = app.run() {
+        eprintln!("authd: {e}");
+        exit(1);
+    }
+}

@@ -1,0 +1,184 @@
+//! (method, path) → route; 404 for unknown paths, 405 with `Allow` for wrong methods.
+
+use crate::error::ApiError;
+
+/// Every endpoint authd serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `POST /api/register/`
+    Register,
+    /// `POST /api/login/`
+    Login,
+    /// `GET /api/user/`
+    User,
+    /// `POST /api/logout/`
+    Logout,
+    /// `GET /healthz`
+    Healthz,
+    /// `GET /readyz`
+    Readyz,
+}
+
+/// What the router decided: the route, and whether this is a CORS preflight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Matched {
+    /// The endpoint.
+    pub route: Route,
+    /// The request is `OPTIONS`.
+    pub preflight: bool,
+}
+
+const POST: &str = "POST, OPTIONS";
+const GET: &str = "GET, HEAD, OPTIONS";
+
+const ROUTES: &[(&str, Route, &str)] = &[
+    ("/api/register", Route::Register, POST),
+    ("/api/login", Route::Login, POST),
+    ("/api/user", Route::User, GET),
+    ("/api/logout", Route::Logout, POST),
+    ("/healthz", Route::Healthz, GET),
+    ("/readyz", Route::Readyz, GET),
+];
+
+/// The path of a request target, without its query string.
+pub fn path_of(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(p, _)| p)
+}
+
+impl Route {
+    /// The `Allow` header for this route.
+    pub fn allow(self) -> &'static str {
+        ROUTES
+            .iter()
+            .find(|(_, r, _)| *r == self)
+            .map_or(GET, |(_, _, a)| a)
+    }
+
+    /// Whether this route's handler runs bcrypt (and so belongs on the hashing workers).
+    pub fn hashes(self) -> bool {
+        matches!(self, Route::Register | Route::Login)
+    }
+
+    /// The route's path as the contract writes it (for logs and metrics).
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::Register => "/api/register/",
+            Route::Login => "/api/login/",
+            Route::User => "/api/user/",
+            Route::Logout => "/api/logout/",
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+        }
+    }
+}
+
+/// Finds the route for `method` and request target `url` (query string ignored, one
+/// trailing slash optional).
+pub fn route(method: &str, url: &str) -> Result<Matched, ApiError> {
+    let path = path_of(url);
+    let path = if path.len() > 1 {
+        path.strip_suffix('/').unwrap_or(path)
+    } else {
+        path
+    };
+    let (_, route, allow) = ROUTES
+        .iter()
+        .find(|(p, _, _)| *p == path)
+        .ok_or(ApiError::NotFound)?;
+    let wanted = if method == "HEAD" { "GET" } else { method };
+    if method == "OPTIONS" {
+        return Ok(Matched {
+            route: *route,
+            preflight: true,
+        });
+    }
+    if allow.split(", ").any(|m| m == wanted) {
+        Ok(Matched {
+            route: *route,
+            preflight: false,
+        })
+    } else {
+        Err(ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            allow,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(method: &str, url: &str) -> Route {
+        route(method, url).unwrap().route
+    }
+
+    #[test]
+    fn with_and_without_trailing_slash() {
+        assert_eq!(ok("POST", "/api/login/"), Route::Login);
+        assert_eq!(ok("POST", "/api/login"), Route::Login);
+        assert_eq!(ok("GET", "/api/user/"), Route::User);
+        assert_eq!(ok("GET", "/api/user"), Route::User);
+        assert_eq!(ok("GET", "/healthz"), Route::Healthz);
+        assert_eq!(ok("GET", "/healthz/"), Route::Healthz);
+        assert_eq!(ok("POST", "/api/register/"), Route::Register);
+        assert_eq!(ok("POST", "/api/logout"), Route::Logout);
+        assert_eq!(ok("GET", "/readyz"), Route::Readyz);
+    }
+
+    #[test]
+    fn query_strings_are_ignored() {
+        assert_eq!(ok("GET", "/api/user/?x=1"), Route::User);
+        assert_eq!(ok("GET", "/api/user?"), Route::User);
+        assert_eq!(ok("GET", "/healthz?a=/b"), Route::Healthz);
+    }
+
+    #[test]
+    fn unknown_paths_are_404() {
+        for url in [
+            "/",
+            "",
+            "/api",
+            "/api/",
+            "/api/users/",
+            "//api/user/",
+            "/api//user/",
+            "/api/user//",
+            "/API/USER/",
+            "/api/user/x",
+            "/api/%75ser/",
+            "*",
+        ] {
+            assert!(
+                matches!(route("GET", url), Err(ApiError::NotFound)),
+                "{url:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_methods_are_405_with_allow() {
+        match route("GET", "/api/login/") {
+            Err(ApiError::MethodNotAllowed { method, allow }) => {
+                assert_eq!(method, "GET");
+                assert_eq!(allow, "POST, OPTIONS");
+            }
+            other => panic!("{other:?}"),
+        }
+        match route("DELETE", "/api/user") {
+            Err(ApiError::MethodNotAllowed { allow, .. }) => assert_eq!(allow, "GET, HEAD, OPTIONS"),
+            other => panic!("{other:?}"),
+        }
+        assert!(route("POST", "/healthz").is_err());
+        assert!(route("PUT", "/api/register/").is_err());
+    }
+
+    #[test]
+    fn head_is_get_and_options_is_a_preflight() {
+        assert_eq!(ok("HEAD", "/api/user/"), Route::User);
+        assert!(route("HEAD", "/api/login/").is_err());
+        let m = route("OPTIONS", "/api/login/").unwrap();
+        assert!(m.preflight);
+        assert_eq!(m.route, Route::Login);
+    }
+}

@@ -1,0 +1,380 @@
+//! Accept loop, worker pools, graceful shutdown.
+//!
+//! tiny_http reads requests on its own connection threads and queues them; a pump thread
+//! moves each one into one of two bounded lanes: the hashing lane (login, register: bcrypt)
+//! with as many workers as cores, and the fast lane for everything else, so that logins
+//! can saturate the CPU without occupying the workers that cheap requests need.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::http::{self, Reply, Req};
+use crate::router::{self, Route};
+use crate::{Config, Ctx, api, db};
+
+/// Requests waiting for a fast worker before new ones get 503.
+const FAST_QUEUE: usize = 1024;
+/// Logins and registrations waiting for a hashing worker before new ones get 503.
+const HASH_QUEUE: usize = 64;
+/// How long in-flight requests get to finish after SIGTERM.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(8);
+
+/// A bound, not yet serving, authd.
+pub struct App {
+    ctx: Arc<Ctx>,
+    listener: TcpListener,
+    addr: SocketAddr,
+    stop: Shutdown,
+}
+
+/// Ask a running [`App`] to stop: no new requests, in-flight ones finish.
+#[derive(Clone, Default)]
+pub struct Shutdown(Arc<AtomicBool>);
+
+impl Shutdown {
+    /// Starts the graceful shutdown.
+    pub fn trigger(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether shutdown has started.
+    pub fn requested(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Sleeps up to `d`, waking early on shutdown; true if shutdown was requested.
+    fn sleep(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if self.requested() {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(100).min(until - Instant::now()));
+        }
+        self.requested()
+    }
+}
+
+impl App {
+    /// Binds the listen address (port 0 picks a free one). `migrated` says whether the
+    /// schema is already in place; if not, it is retried in the background while serving.
+    pub fn build(config: Config, migrated: bool) -> io::Result<App> {
+        let listener = TcpListener::bind(config.bind)?;
+        let addr = listener.local_addr()?;
+        let ctx = Arc::new(Ctx::new(config));
+        if migrated {
+            ctx.set_migrated();
+        }
+        Ok(App {
+            ctx,
+            listener,
+            addr,
+            stop: Shutdown::default(),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A handle that stops [`App::run`].
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.stop.clone()
+    }
+
+    /// Serves until shutdown is triggered, then lets in-flight requests finish.
+    pub fn run(self) -> io::Result<()> {
+        let App {
+            ctx, listener, stop, ..
+        } = self;
+        background(&ctx, &stop);
+        let (fast_tx, fast_rx) = sync_channel(FAST_QUEUE);
+        let (hash_tx, hash_rx) = sync_channel(HASH_QUEUE);
+        let mut workers = spawn_workers("worker", &ctx, fast_rx, ctx.config.workers)?;
+        workers.extend(spawn_workers(
+            "hasher",
+            &ctx,
+            hash_rx,
+            ctx.config.hash_workers,
+        )?);
+        let lanes = Lanes {
+            ctx: ctx.clone(),
+            fast: fast_tx,
+            hash: hash_tx,
+        };
+        let server = tiny_http::Server::from_listener(listener.try_clone()?, None)
+            .map_err(io::Error::other)?;
+        let pumps = Arc::new(Mutex::new(Vec::new()));
+        pump(server, listener, lanes, stop, pumps.clone());
+        // Every pump has stopped taking requests once its successor chain has; join them.
+        loop {
+            let next = pumps.lock().map(|mut p| p.pop()).unwrap_or(None);
+            match next {
+                Some(h) => {
+                    let _ = h.join();
+                }
+                None => break,
+            }
+        }
+        // The lanes' senders are gone: workers finish what is queued, then exit.
+        let deadline = Instant::now() + DRAIN_DEADLINE;
+        for w in workers {
+            while !w.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            if w.is_finished() {
+                let _ = w.join();
+            }
+        }
+        log::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Migration retries, the dummy-hash warm-up, and the purge of expired rows.
+fn background(ctx: &Arc<Ctx>, stop: &Shutdown) {
+    let c = ctx.clone();
+    thread::spawn(move || c.hasher.warm_up());
+    let (c, s) = (ctx.clone(), stop.clone());
+    thread::spawn(move || {
+        while !c.is_migrated() {
+            match db::migrate(&c.config.database) {
+                Ok(_) => {
+                    log::info!("database schema is in place");
+                    c.set_migrated();
+                }
+                Err(e) => log::warn!("migration not done, retrying: {e}"),
+            }
+            if !c.is_migrated() && s.sleep(Duration::from_secs(1)) {
+                return;
+            }
+        }
+        while !s.sleep(Duration::from_secs(60)) {
+            let purged = c.pool.get().map_err(db::DbError::from).and_then(|mut conn| {
+                conn.purge(c.config.login_window)
+            });
+            match purged {
+                Ok(n) if n > 0 => log::debug!("purged {n} expired rows"),
+                Ok(_) => {}
+                Err(e) => log::debug!("purge skipped: {e:?}"),
+            }
+        }
+    });
+}
+
+/// The two bounded queues in front of the worker pools.
+#[derive(Clone)]
+struct Lanes {
+    ctx: Arc<Ctx>,
+    fast: SyncSender<tiny_http::Request>,
+    hash: SyncSender<tiny_http::Request>,
+}
+
+impl Lanes {
+    /// Queues a request on its lane; a full lane answers 503 at once rather than letting
+    /// the request wait unboundedly.
+    fn dispatch(&self, rq: tiny_http::Request) {
+        let hashes = matches!(
+            router::route(rq.method().as_str(), rq.url()),
+            Ok(m) if !m.preflight && m.route.hashes()
+        );
+        let lane = if hashes { &self.hash } else { &self.fast };
+        match lane.try_send(rq) {
+            Ok(()) => {}
+            Err(TrySendError::Full(rq)) | Err(TrySendError::Disconnected(rq)) => {
+                let started = Instant::now();
+                let reply = ApiError::Unavailable("request queue is full".into()).into_reply();
+                finish(&self.ctx, rq, reply, started);
+            }
+        }
+    }
+}
+
+/// Moves requests from one tiny_http server into the lanes until shutdown. tiny_http's
+/// accept thread ends at its first accept error (e.g. out of descriptors); this starts a
+/// successor on the same listening socket, so authd accepts again as soon as it can, while
+/// it keeps serving the connections the old acceptor already holds.
+fn pump(
+    server: tiny_http::Server,
+    listener: TcpListener,
+    lanes: Lanes,
+    stop: Shutdown,
+    pumps: Arc<Mutex<Vec<JoinHandle<()>>>>,
+) {
+    let mut successor = false;
+    while !stop.requested() {
+        match server.recv_timeout(Duration::from_millis(200)) {
+            Ok(Some(rq)) => lanes.dispatch(rq),
+            Ok(None) => {}
+            Err(e) if !successor => {
+                successor = true;
+                log::error!("accepting connections failed: {e}; starting a new acceptor");
+                let (listener, lanes, stop, list) = (
+                    listener.try_clone(),
+                    lanes.clone(),
+                    stop.clone(),
+                    pumps.clone(),
+                );
+                let Ok(listener) = listener else {
+                    log::error!("cannot duplicate the listening socket");
+                    continue;
+                };
+                let handle = thread::spawn(move || restart(listener, lanes, stop, list));
+                if let Ok(mut p) = pumps.lock() {
+                    p.push(handle);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Starts a new tiny_http server on `listener`, backing off while that fails.
+fn restart(
+    listener: TcpListener,
+    lanes: Lanes,
+    stop: Shutdown,
+    pumps: Arc<Mutex<Vec<JoinHandle<()>>>>,
+) {
+    let mut backoff = Duration::from_millis(10);
+    while !stop.sleep(backoff) {
+        match listener
+            .try_clone()
+            .map_err(|e| e.to_string())
+            .and_then(|l| tiny_http::Server::from_listener(l, None).map_err(|e| e.to_string()))
+        {
+            Ok(server) => {
+                log::info!("accepting connections again");
+                return pump(server, listener, lanes, stop, pumps);
+            }
+            Err(e) => {
+                log::warn!("cannot restart the acceptor yet: {e}");
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn spawn_workers(
+    name: &str,
+    ctx: &Arc<Ctx>,
+    rx: Receiver<tiny_http::Request>,
+    n: usize,
+) -> io::Result<Vec<JoinHandle<()>>> {
+    let rx = Arc::new(Mutex::new(rx));
+    (0..n)
+        .map(|i| {
+            let (ctx, rx) = (ctx.clone(), rx.clone());
+            thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || {
+                    loop {
+                        let next = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        match next {
+                            Ok(rq) => handle(&ctx, rq),
+                            Err(_) => return,
+                        }
+                    }
+                })
+        })
+        .collect()
+}
+
+/// Runs one request through the router and its handler; a panic becomes a logged 500 and
+/// the worker lives on.
+fn handle(ctx: &Ctx, mut rq: tiny_http::Request) {
+    let started = Instant::now();
+    let reply = {
+        let mut req = Req::new(&mut rq);
+        match catch_unwind(AssertUnwindSafe(|| dispatch(ctx, &mut req))) {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => e.into_reply(),
+            Err(_) => ApiError::Internal("a handler panicked".into()).into_reply(),
+        }
+    };
+    finish(ctx, rq, reply, started);
+}
+
+fn dispatch(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
+    http::check_framing(req)?;
+    let method = req.method();
+    let matched = router::route(&method, req.url())?;
+    let cors = http::cors_origin(req, &ctx.config.allowed_origins);
+    if matched.preflight {
+        let allow = matched.route.allow();
+        let mut reply = Reply::json(200, &json!({})).with("Allow", allow.into());
+        if let Some(origin) = cors {
+            reply = http::with_cors(reply, origin)
+                .with("Access-Control-Allow-Methods", allow.into())
+                .with("Access-Control-Allow-Headers", "Content-Type".into())
+                .with("Access-Control-Max-Age", "600".into());
+        }
+        return Ok(reply);
+    }
+    if method == "POST" {
+        http::check_origin(req, &ctx.config.allowed_origins)?;
+    }
+    let reply = match matched.route {
+        Route::Register => api::register::register(ctx, req),
+        Route::Login => api::login::login(ctx, req),
+        Route::User => api::user::current(ctx, req),
+        Route::Logout => api::logout::logout(ctx, req),
+        Route::Healthz => api::health::healthz(ctx, req),
+        Route::Readyz => api::health::readyz(ctx, req),
+    }
+    .unwrap_or_else(ApiError::into_reply);
+    Ok(match cors {
+        Some(origin) => http::with_cors(reply, origin),
+        None => reply,
+    })
+}
+
+/// Writes the reply with the headers every response carries, and logs one line.
+fn finish(_ctx: &Ctx, rq: tiny_http::Request, reply: Reply, started: Instant) {
+    let status = reply.status;
+    let method = rq.method().as_str().to_string();
+    let path: String = router::path_of(rq.url())
+        .chars()
+        .take(200)
+        .flat_map(char::escape_default)
+        .collect();
+    let peer = rq
+        .remote_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    let mut resp = tiny_http::Response::from_data(reply.body).with_status_code(status);
+    let common = [
+        ("Content-Type", "application/json"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Cache-Control", "no-store"),
+    ];
+    for (k, v) in common
+        .iter()
+        .map(|(k, v)| (*k, *v))
+        .chain(reply.headers.iter().map(|(k, v)| (*k, v.as_str())))
+    {
+        if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
+            resp.add_header(h);
+        }
+    }
+    if let Err(e) = rq.respond(resp) {
+        log::debug!("writing the response failed: {e}");
+    }
+    log::info!(
+        "{method} {path} {status} {:.1}ms {peer}",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+}
