@@ -14,7 +14,6 @@ export AUTHD_TEST_TMP="$tmp"
 cargo build --quiet --bins
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --no-fail-fast --status-level fail "$@"
-  cargo test --doc --quiet 2>/dev/null || true
 else
   cargo test --no-fail-fast "$@"
 fi

@@ -107,10 +107,18 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("BIND", "127.0.0.1:8000", "listen address"),
     ("WORKERS", "4 x cores", "request threads"),
     ("DB_POOL_SIZE", "WORKERS + cores", "pooled connections"),
-    ("DB_TIMEOUT", "3", "seconds to wait for a connection before 503"),
+    (
+        "DB_TIMEOUT",
+        "3",
+        "seconds to wait for a connection before 503",
+    ),
     ("JWT_TTL", "3600", "token and cookie lifetime, seconds"),
     ("COOKIE_SECURE", "!DEBUG", "add Secure to the cookie"),
-    ("COOKIE_NAME", "jwt", "cookie name; __Host-jwt for production"),
+    (
+        "COOKIE_NAME",
+        "jwt",
+        "cookie name; __Host-jwt for production",
+    ),
     ("BCRYPT_COST", "12", "bcrypt work factor, 4 to 31"),
     ("MAX_BODY_BYTES", "65536", "larger bodies get 413"),
     (
@@ -118,8 +126,16 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "15",
         "seconds an idle connection is kept",
     ),
-    ("READ_TIMEOUT", "10", "seconds a client has to send a request"),
-    ("LOGIN_MAX_FAILURES", "10", "failed logins per email per window"),
+    (
+        "READ_TIMEOUT",
+        "10",
+        "seconds a client has to send a request",
+    ),
+    (
+        "LOGIN_MAX_FAILURES",
+        "10",
+        "failed logins per email per window",
+    ),
     (
         "LOGIN_MAX_FAILURES_PER_IP",
         "100",
@@ -193,10 +209,7 @@ impl Config {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         {
-            return Err(err(
-                "COOKIE_NAME",
-                "letters, digits, '-', '_' and '.' only",
-            ));
+            return Err(err("COOKIE_NAME", "letters, digits, '-', '_' and '.' only"));
         }
         let cookie_secure = match get("COOKIE_SECURE") {
             None => !debug,
@@ -217,7 +230,9 @@ impl Config {
             if o == "*" || !(o.starts_with("http://") || o.starts_with("https://")) {
                 return Err(err(
                     "ALLOWED_ORIGINS",
-                    format!("{o:?} is not an origin like https://app.example.com ('*' is never allowed)"),
+                    format!(
+                        "{o:?} is not an origin like https://app.example.com ('*' is never allowed)"
+                    ),
                 ));
             }
         }

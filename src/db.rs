@@ -369,8 +369,7 @@ fn apply(client: &mut Client) -> Result<usize, String> {
             &[version, name],
         )
         .map_err(|e| format!("migration {name}: {e}"))?;
-        tx.commit()
-            .map_err(|e| format!("migration {name}: {e}"))?;
+        tx.commit().map_err(|e| format!("migration {name}: {e}"))?;
         log::info!("applied migration {name}");
         ran += 1;
     }

@@ -20,13 +20,21 @@ Settings (environment, or a .env file in the working directory):";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         [] | ["serve"] => serve(),
         ["migrate"] => migrate(),
         ["-h" | "--help" | "help"] => help(),
         ["-V" | "--version" | "version"] => println!("authd {}", env!("CARGO_PKG_VERSION")),
         other => {
-            eprintln!("authd: unknown command {:?}; see authd --help", other.join(" "));
+            eprintln!(
+                "authd: unknown command {:?}; see authd --help",
+                other.join(" ")
+            );
             exit(2);
         }
     }

@@ -31,8 +31,9 @@ impl Hasher {
 
     fn dummy_hash(&self) -> &str {
         self.dummy.get_or_init(|| {
-            bcrypt::hash("authd dummy password", self.cost)
-                .unwrap_or_else(|_| "$2b$04$invalidinvalidinvalidinvalidinvalidinvalidinvalidinv".into())
+            bcrypt::hash("authd dummy password", self.cost).unwrap_or_else(|_| {
+                "$2b$04$invalidinvalidinvalidinvalidinvalidinvalidinvalidinv".into()
+            })
         })
     }
 

@@ -166,7 +166,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match route("DELETE", "/api/user") {
-            Err(ApiError::MethodNotAllowed { allow, .. }) => assert_eq!(allow, "GET, HEAD, OPTIONS"),
+            Err(ApiError::MethodNotAllowed { allow, .. }) => {
+                assert_eq!(allow, "GET, HEAD, OPTIONS")
+            }
             other => panic!("{other:?}"),
         }
         assert!(route("POST", "/healthz").is_err());

@@ -95,7 +95,10 @@ impl App {
     /// Serves until shutdown is triggered, then lets in-flight requests finish.
     pub fn run(self) -> io::Result<()> {
         let App {
-            ctx, listener, stop, ..
+            ctx,
+            listener,
+            stop,
+            ..
         } = self;
         background(&ctx, &stop);
         let (fast_tx, fast_rx) = sync_channel(FAST_QUEUE);
@@ -160,9 +163,11 @@ fn background(ctx: &Arc<Ctx>, stop: &Shutdown) {
             }
         }
         while !s.sleep(Duration::from_secs(60)) {
-            let purged = c.pool.get().map_err(db::DbError::from).and_then(|mut conn| {
-                conn.purge(c.config.login_window)
-            });
+            let purged = c
+                .pool
+                .get()
+                .map_err(db::DbError::from)
+                .and_then(|mut conn| conn.purge(c.config.login_window));
             match purged {
                 Ok(n) if n > 0 => log::debug!("purged {n} expired rows"),
                 Ok(_) => {}

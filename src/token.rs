@@ -157,7 +157,11 @@ mod tests {
             let mut out = String::new();
             for chunk in data.chunks(3) {
                 let n = chunk.len();
-                let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+                let b = [
+                    chunk[0],
+                    *chunk.get(1).unwrap_or(&0),
+                    *chunk.get(2).unwrap_or(&0),
+                ];
                 let v = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
                 for i in 0..=n {
                     out.push(T[(v >> (18 - 6 * i) & 63) as usize] as char);
@@ -270,11 +274,7 @@ mod tests {
         }
         let mut c = valid_claims();
         c.as_object_mut().unwrap().remove("id");
-        assert!(
-            tokens()
-                .verify(&sign(Algorithm::HS256, KEY, c))
-                .is_err()
-        );
+        assert!(tokens().verify(&sign(Algorithm::HS256, KEY, c)).is_err());
     }
 
     #[test]
@@ -301,10 +301,6 @@ mod tests {
     fn tokens_with_an_audience_are_refused() {
         let mut c = valid_claims();
         c["aud"] = json!("someone");
-        assert!(
-            tokens()
-                .verify(&sign(Algorithm::HS256, KEY, c))
-                .is_err()
-        );
+        assert!(tokens().verify(&sign(Algorithm::HS256, KEY, c)).is_err());
     }
 }

@@ -37,7 +37,11 @@ pub fn register(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
     Ok(Reply::json(201, &user_json(&user)))
 }
 
-fn record<T>(errors: &mut Map<String, serde_json::Value>, field: &str, parsed: Result<T, String>) -> Option<T> {
+fn record<T>(
+    errors: &mut Map<String, serde_json::Value>,
+    field: &str,
+    parsed: Result<T, String>,
+) -> Option<T> {
     parsed
         .map_err(|m| {
             errors.insert(field.to_string(), json!([m]));
