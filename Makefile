@@ -1,21 +1,30 @@
 # authd: `make run` serves on 127.0.0.1:8000, `make test` runs every test.
-.PHONY: run test lint db-stop bench fuzz release clean
+.PHONY: run test lint db-stop bench fuzz release clean patch
 
-run:
+PATCHED := .patched/tiny_http-0.12.0/.authd-patched
+
+# tiny_http with a bounded body drain (see SECURITY.md); generated, never committed.
+$(PATCHED): scripts/patch-tiny-http.py
+	@python3 scripts/patch-tiny-http.py
+
+patch: $(PATCHED)
+
+run: $(PATCHED)
 	@scripts/run.sh
 
-test:
+test: $(PATCHED)
 	@scripts/test.sh
 
-lint:
+lint: $(PATCHED)
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 
 db-stop:
 	@scripts/pg.sh stop .pg
 
-release:
+release: $(PATCHED)
 	cargo build --release
 
 clean:
 	cargo clean
+	rm -rf .patched
