@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+use crate::guard::Activity;
 
 /// Largest `Cookie` header accepted (all `Cookie` headers together), in bytes.
 pub const MAX_COOKIE_BYTES: usize = 8192;
@@ -44,13 +45,18 @@ pub struct Req<'a> {
     raw: &'a mut tiny_http::Request,
     /// The client's address.
     pub peer: Option<IpAddr>,
+    activity: Option<&'a Activity>,
 }
 
 impl<'a> Req<'a> {
     /// Wraps a tiny_http request.
-    pub fn new(raw: &'a mut tiny_http::Request) -> Req<'a> {
+    pub fn new(raw: &'a mut tiny_http::Request, activity: Option<&'a Activity>) -> Req<'a> {
         let peer = raw.remote_addr().map(|a| a.ip());
-        Req { raw, peer }
+        Req {
+            raw,
+            peer,
+            activity,
+        }
     }
 
     /// The method, as sent.
@@ -113,12 +119,25 @@ impl<'a> Req<'a> {
         if self.raw.body_length().unwrap_or(0) > max {
             return Err(ApiError::PayloadTooLarge(max));
         }
+        // The guard cuts the connection if the body takes longer than READ_TIMEOUT.
+        let addr = self.raw.remote_addr().copied();
+        let hook = self.activity.zip(addr);
+        if let Some((a, peer)) = hook {
+            a.body_started(peer);
+        }
         let mut body = Vec::new();
-        self.raw
+        let read = self
+            .raw
             .as_reader()
             .take(max as u64 + 1)
-            .read_to_end(&mut body)
-            .map_err(|_| ApiError::BadRequest("The request body could not be read."))?;
+            .read_to_end(&mut body);
+        if let Some((a, peer)) = hook {
+            a.body_done(peer);
+        }
+        let declared = self.raw.body_length();
+        if read.is_err() || declared.is_some_and(|n| body.len() < n) {
+            return Err(ApiError::BadRequest("The request body could not be read."));
+        }
         if body.len() > max {
             return Err(ApiError::PayloadTooLarge(max));
         }

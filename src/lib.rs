@@ -8,6 +8,7 @@ pub mod cookie;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod guard;
 pub mod http;
 pub mod password;
 pub mod router;
@@ -36,6 +37,8 @@ pub struct Ctx {
     pub hasher: Hasher,
     /// How the session cookie is written.
     pub cookie: CookieSpec,
+    /// What the workers report to the connection guard.
+    pub activity: std::sync::Arc<guard::Activity>,
     migrated: AtomicBool,
 }
 
@@ -50,6 +53,7 @@ impl Ctx {
                 name: config.cookie_name.clone(),
                 secure: config.cookie_secure,
             },
+            activity: Default::default(),
             migrated: AtomicBool::new(false),
             config,
         }

@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::error::ApiError;
 use crate::http::{self, Reply, Req};
 use crate::router::{self, Route};
-use crate::{Config, Ctx, api, db};
+use crate::{Config, Ctx, api, db, guard};
 
 /// Requests waiting for a fast worker before new ones get 503.
 const FAST_QUEUE: usize = 1024;
@@ -52,7 +52,7 @@ impl Shutdown {
     }
 
     /// Sleeps up to `d`, waking early on shutdown; true if shutdown was requested.
-    fn sleep(&self, d: Duration) -> bool {
+    pub fn sleep(&self, d: Duration) -> bool {
         let until = Instant::now() + d;
         while Instant::now() < until {
             if self.requested() {
@@ -68,8 +68,13 @@ impl App {
     /// Binds the listen address (port 0 picks a free one). `migrated` says whether the
     /// schema is already in place; if not, it is retried in the background while serving.
     pub fn build(config: Config, migrated: bool) -> io::Result<App> {
+        guard::raise_fd_limit();
         let listener = TcpListener::bind(config.bind)?;
         let addr = listener.local_addr()?;
+        // Inherited by accepted sockets: a client that stops reading cannot pin a worker in
+        // a write. (A receive timeout here would also time out accept(), ending tiny_http's
+        // accept thread; the guard keeps read deadlines instead.)
+        socket2::SockRef::from(&listener).set_write_timeout(Some(config.read_timeout))?;
         let ctx = Arc::new(Ctx::new(config));
         if migrated {
             ctx.set_migrated();
@@ -101,6 +106,14 @@ impl App {
             ..
         } = self;
         background(&ctx, &stop);
+        guard::spawn(
+            listener.local_addr()?,
+            guard::raw_fd(&listener),
+            ctx.activity.clone(),
+            ctx.config.read_timeout,
+            ctx.config.keepalive_timeout,
+            stop.clone(),
+        );
         let (fast_tx, fast_rx) = sync_channel(FAST_QUEUE);
         let (hash_tx, hash_rx) = sync_channel(HASH_QUEUE);
         let mut workers = spawn_workers("worker", &ctx, fast_rx, ctx.config.workers)?;
@@ -189,6 +202,9 @@ impl Lanes {
     /// Queues a request on its lane; a full lane answers 503 at once rather than letting
     /// the request wait unboundedly.
     fn dispatch(&self, rq: tiny_http::Request) {
+        if let Some(peer) = rq.remote_addr() {
+            self.ctx.activity.begin(*peer);
+        }
         let hashes = matches!(
             router::route(rq.method().as_str(), rq.url()),
             Ok(m) if !m.preflight && m.route.hashes()
@@ -303,7 +319,7 @@ fn spawn_workers(
 fn handle(ctx: &Ctx, mut rq: tiny_http::Request) {
     let started = Instant::now();
     let reply = {
-        let mut req = Req::new(&mut rq);
+        let mut req = Req::new(&mut rq, Some(&ctx.activity));
         match catch_unwind(AssertUnwindSafe(|| dispatch(ctx, &mut req))) {
             Ok(Ok(reply)) => reply,
             Ok(Err(e)) => e.into_reply(),
@@ -348,7 +364,8 @@ fn dispatch(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
 }
 
 /// Writes the reply with the headers every response carries, and logs one line.
-fn finish(_ctx: &Ctx, rq: tiny_http::Request, reply: Reply, started: Instant) {
+fn finish(ctx: &Ctx, rq: tiny_http::Request, reply: Reply, started: Instant) {
+    let remote = rq.remote_addr().copied();
     let status = reply.status;
     let method = rq.method().as_str().to_string();
     let path: String = router::path_of(rq.url())
@@ -377,6 +394,9 @@ fn finish(_ctx: &Ctx, rq: tiny_http::Request, reply: Reply, started: Instant) {
     }
     if let Err(e) = rq.respond(resp) {
         log::debug!("writing the response failed: {e}");
+    }
+    if let Some(peer) = remote {
+        ctx.activity.end(peer);
     }
     log::info!(
         "{method} {path} {status} {:.1}ms {peer}",
