@@ -27,6 +27,9 @@ use crate::server::Shutdown;
 const TICK: Duration = Duration::from_millis(100);
 /// A connection with unread bytes for this long is taken as queued, not being read.
 const STARVED_AFTER: Duration = Duration::from_millis(150);
+/// tiny_http reads bodies up to this size itself, before handing the request over; its
+/// connection buffer holds at most this much of a larger one.
+const TINY_HTTP_INLINE_BODY: usize = 1024;
 
 /// What the workers tell the guard about each client connection (keyed by peer address).
 #[derive(Default)]
@@ -39,6 +42,8 @@ struct Peer {
     in_flight: u32,
     last_done: Option<Instant>,
     body_since: Option<Instant>,
+    /// A body larger than tiny_http reads itself: when its request arrived, and its length.
+    body_pending: Option<(Instant, usize)>,
 }
 
 impl Activity {
@@ -48,9 +53,14 @@ impl Activity {
         }
     }
 
-    /// A request from `peer` was received.
-    pub fn begin(&self, peer: SocketAddr) {
-        self.with(peer, |p| p.in_flight += 1);
+    /// A request from `peer` was received, with a body of `body_len` bytes still unread.
+    pub fn begin(&self, peer: SocketAddr, body_len: Option<usize>) {
+        self.with(peer, |p| {
+            p.in_flight += 1;
+            p.body_pending = body_len
+                .filter(|n| *n > TINY_HTTP_INLINE_BODY)
+                .map(|n| (Instant::now(), n));
+        });
     }
 
     /// The request from `peer` was answered.
@@ -59,6 +69,7 @@ impl Activity {
             p.in_flight = p.in_flight.saturating_sub(1);
             p.last_done = Some(Instant::now());
             p.body_since = None;
+            p.body_pending = None;
         });
     }
 
@@ -69,7 +80,10 @@ impl Activity {
 
     /// The body has been read.
     pub fn body_done(&self, peer: SocketAddr) {
-        self.with(peer, |p| p.body_since = None);
+        self.with(peer, |p| {
+            p.body_since = None;
+            p.body_pending = None;
+        });
     }
 
     fn get(&self, peer: &SocketAddr) -> Option<Peer> {
@@ -102,12 +116,16 @@ pub fn spawn(
     let pidfd = match pidfd_open(getpid(), PidfdFlags::empty()) {
         Ok(fd) => fd,
         Err(e) => {
-            log::warn!("connection guard unavailable (pidfd_open: {e}): no idle or slow-client timeouts");
+            log::warn!(
+                "connection guard unavailable (pidfd_open: {e}): no idle or slow-client timeouts"
+            );
             return false;
         }
     };
     if let Err(e) = pidfd_getfd(&pidfd, listen_fd, PidfdGetfdFlags::empty()) {
-        log::warn!("connection guard unavailable (pidfd_getfd: {e}): no idle or slow-client timeouts");
+        log::warn!(
+            "connection guard unavailable (pidfd_getfd: {e}): no idle or slow-client timeouts"
+        );
         return false;
     }
     let poke_addr = if listen.ip().is_unspecified() {
@@ -154,7 +172,11 @@ impl Guard {
             return out;
         };
         for entry in dir.flatten() {
-            let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            let Some(fd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
                 continue;
             };
             let Ok(link) = std::fs::read_link(entry.path()) else {
@@ -220,10 +242,25 @@ impl Guard {
                 (_, None, Some(done)) => now.duration_since(done) > self.keepalive,
             };
             let fresh = state.in_flight == 0 && state.last_done.is_none();
-            if !expired && !fresh {
+            // A request still queued for a worker whose client never sent the body it
+            // announced: cut it now rather than when a worker finally gets to it.
+            let stalled = state.body_since.is_none()
+                && state
+                    .body_pending
+                    .is_some_and(|(since, _)| now.duration_since(since) > self.read_timeout);
+            if !expired && !fresh && !stalled {
                 continue;
             }
             let Some(stream) = self.dup(fd) else { continue };
+            if stalled && !expired {
+                let waiting = rustix::io::ioctl_fionread(stream.as_fd()).unwrap_or(0) as usize;
+                let declared = state.body_pending.map_or(0, |(_, n)| n);
+                if waiting + TINY_HTTP_INLINE_BODY < declared {
+                    log::debug!("closing a connection whose body stalled, from {}", t.peer);
+                    let _ = stream.shutdown(NetShutdown::Both);
+                }
+                continue;
+            }
             if expired {
                 log::debug!("closing a timed-out connection from {}", t.peer);
                 let _ = stream.shutdown(NetShutdown::Both);

@@ -21,6 +21,31 @@ use crate::http::{self, Reply, Req};
 use crate::router::{self, Route};
 use crate::{Config, Ctx, api, db, guard};
 
+/// Set by the panic hook when code inside tiny_http panics: its accept thread panics (rather
+/// than returning an error) when it cannot duplicate an accepted socket for lack of
+/// descriptors, and then nothing accepts any more.
+static TINY_HTTP_PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// Logs panics through `log` (one line, with where), and notes those inside tiny_http.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let place = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        if place.contains("tiny_http") {
+            TINY_HTTP_PANICKED.store(true, Ordering::Release);
+        }
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        log::error!("panic at {place}: {what}");
+    }));
+}
+
 /// Requests waiting for a fast worker before new ones get 503.
 const FAST_QUEUE: usize = 1024;
 /// Logins and registrations waiting for a hashing worker before new ones get 503.
@@ -105,6 +130,7 @@ impl App {
             stop,
             ..
         } = self;
+        install_panic_hook();
         background(&ctx, &stop);
         guard::spawn(
             listener.local_addr()?,
@@ -131,7 +157,7 @@ impl App {
         let server = tiny_http::Server::from_listener(listener.try_clone()?, None)
             .map_err(io::Error::other)?;
         let pumps = Arc::new(Mutex::new(Vec::new()));
-        pump(server, listener, lanes, stop, pumps.clone());
+        pump(server, Arc::new(listener), lanes, stop, pumps.clone());
         // Every pump has stopped taking requests once its successor chain has; join them.
         loop {
             let next = pumps.lock().map(|mut p| p.pop()).unwrap_or(None);
@@ -203,7 +229,12 @@ impl Lanes {
     /// the request wait unboundedly.
     fn dispatch(&self, rq: tiny_http::Request) {
         if let Some(peer) = rq.remote_addr() {
-            self.ctx.activity.begin(*peer);
+            let chunked = rq
+                .headers()
+                .iter()
+                .any(|h| h.field.equiv("Transfer-Encoding"));
+            let body = (!chunked).then(|| rq.body_length()).flatten();
+            self.ctx.activity.begin(*peer, body);
         }
         let hashes = matches!(
             router::route(rq.method().as_str(), rq.url()),
@@ -227,42 +258,43 @@ impl Lanes {
 /// it keeps serving the connections the old acceptor already holds.
 fn pump(
     server: tiny_http::Server,
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     lanes: Lanes,
     stop: Shutdown,
     pumps: Arc<Mutex<Vec<JoinHandle<()>>>>,
 ) {
     let mut successor = false;
     while !stop.requested() {
-        match server.recv_timeout(Duration::from_millis(200)) {
-            Ok(Some(rq)) => lanes.dispatch(rq),
-            Ok(None) => {}
-            Err(e) if !successor => {
-                successor = true;
-                log::error!("accepting connections failed: {e}; starting a new acceptor");
-                let (listener, lanes, stop, list) = (
-                    listener.try_clone(),
-                    lanes.clone(),
-                    stop.clone(),
-                    pumps.clone(),
-                );
-                let Ok(listener) = listener else {
-                    log::error!("cannot duplicate the listening socket");
-                    continue;
-                };
-                let handle = thread::spawn(move || restart(listener, lanes, stop, list));
-                if let Ok(mut p) = pumps.lock() {
-                    p.push(handle);
-                }
+        let failed = match server.recv_timeout(Duration::from_millis(200)) {
+            Ok(Some(rq)) => {
+                lanes.dispatch(rq);
+                None
             }
-            Err(_) => {}
+            Ok(None) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        let failed = failed.or_else(|| {
+            (!successor && TINY_HTTP_PANICKED.swap(false, Ordering::AcqRel))
+                .then(|| "a tiny_http thread panicked (out of descriptors?)".to_string())
+        });
+        if let Some(e) = failed
+            && !successor
+        {
+            successor = true;
+            log::error!("accepting connections failed: {e}; starting a new acceptor");
+            let (listener, lanes, stop, list) =
+                (listener.clone(), lanes.clone(), stop.clone(), pumps.clone());
+            let handle = thread::spawn(move || restart(listener, lanes, stop, list));
+            if let Ok(mut p) = pumps.lock() {
+                p.push(handle);
+            }
         }
     }
 }
 
 /// Starts a new tiny_http server on `listener`, backing off while that fails.
 fn restart(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     lanes: Lanes,
     stop: Shutdown,
     pumps: Arc<Mutex<Vec<JoinHandle<()>>>>,

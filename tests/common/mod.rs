@@ -124,6 +124,11 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Server::from_command(cmd)
+    }
+
+    /// Runs `cmd` (which must pipe stderr) and waits for the line that names the address.
+    pub fn from_command(mut cmd: Command) -> Server {
         let mut child = cmd.spawn().expect("spawn authd");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
