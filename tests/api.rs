@@ -634,16 +634,13 @@ fn a_database_that_is_down_gets_503_within_the_timeout() {
         l.local_addr().unwrap().port()
     };
     let url = format!("postgres://postgres@127.0.0.1:{port}/nothing");
-    let env: Vec<(String, String)> = [
+    let env = env_of(&[
         ("DATABASE_URL", url.as_str()),
         ("SECRET_KEY", SECRET),
         ("BIND", "127.0.0.1:0"),
         ("RUST_LOG", "info"),
         ("DB_TIMEOUT", "1"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    ]);
     let s = Server::spawn(&env);
     assert_eq!(s.get("/healthz", &[]).expect(200), json!({"status": "ok"}));
     assert_eq!(

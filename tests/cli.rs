@@ -103,15 +103,12 @@ fn a_bad_or_missing_setting_stops_the_start_with_one_line_naming_it() {
 fn debug_without_a_key_starts_with_a_warning() {
     let db = TestDb::new();
     let url = db.url();
-    let env: Vec<(String, String)> = [
+    let env = env_of(&[
         ("DATABASE_URL", url.as_str()),
         ("DEBUG", "True"),
         ("BIND", "127.0.0.1:0"),
         ("RUST_LOG", "info"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    ]);
     let s = Server::spawn(&env);
     assert_eq!(s.get("/healthz", &[]).status, 200);
     assert!(s.log_text().contains("SECRET_KEY is not set"));

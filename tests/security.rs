@@ -405,17 +405,14 @@ fn an_outage_answers_503_and_service_resumes_by_itself() {
     };
     let port = cluster.start();
     let url = format!("postgres://postgres@127.0.0.1:{port}/authd");
-    let env: Vec<(String, String)> = [
+    let env = env_of(&[
         ("DATABASE_URL", url.as_str()),
         ("SECRET_KEY", SECRET),
         ("BIND", "127.0.0.1:0"),
         ("RUST_LOG", "info"),
         ("BCRYPT_COST", "4"),
         ("DB_TIMEOUT", "1"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    ]);
     let mut s = Server::spawn(&env);
     s.register("A", "a@example.com", "Password123").expect(201);
     let cookie = {

@@ -85,6 +85,14 @@ pub struct Server {
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
+/// Owned `(name, value)` settings from string pairs.
+pub fn env_of(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 pub fn base_env(db: &TestDb) -> Vec<(String, String)> {
     [
         ("DATABASE_URL", db.url()),
