@@ -186,7 +186,9 @@ impl Conn {
                     "WITH e AS (DELETE FROM authd_login_throttle WHERE scope = 'e' AND key = $2), \
                      i AS (UPDATE authd_login_throttle SET failures = greatest(failures - 1, 0) \
                            WHERE scope = 'i' AND key = $3) \
-                     UPDATE accounts_user SET last_login = now() WHERE id = $1",
+                     UPDATE accounts_user SET last_login = now(), \
+                       password = CASE WHEN password = $4 THEN $5 ELSE password END \
+                     WHERE id = $1",
                 )?,
                 revoke: c.prepare(
                     "INSERT INTO authd_revoked_token (token_key, user_id, expires_at) \
@@ -267,15 +269,19 @@ impl Conn {
     }
 
     /// After a successful login: reset the email's count, take back the address's attempt,
-    /// and record `last_login`.
+    /// record `last_login`, and, given `upgrade = (old, new)`, replace the password hash
+    /// unless it changed meanwhile. One statement, so all of it happens or none.
     pub fn login_succeeded(
         &mut self,
         user_id: i64,
         email_key: &str,
         ip_key: &str,
+        upgrade: Option<(&str, &str)>,
     ) -> Result<(), DbError> {
         let st = self.stmts()?.login_succeeded.clone();
-        self.client.execute(&st, &[&user_id, &email_key, &ip_key])?;
+        let (old, new) = (upgrade.map(|u| u.0), upgrade.map(|u| u.1));
+        self.client
+            .execute(&st, &[&user_id, &email_key, &ip_key, &old, &new])?;
         Ok(())
     }
 
@@ -337,31 +343,32 @@ pub fn migrate(config: &postgres::Config) -> Result<usize, MigrateError> {
     result
 }
 
+/// Applies every pending migration in one transaction: a failure anywhere (such as case
+/// duplicates in a users table made elsewhere) leaves the database as it was.
 fn apply(client: &mut Client) -> Result<usize, String> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS authd_schema_migrations (\
-               version integer PRIMARY KEY, name text NOT NULL, \
-               applied_at timestamp with time zone NOT NULL DEFAULT now())",
-        )
-        .map_err(|e| format!("cannot create authd_schema_migrations: {e}"))?;
-    let applied: Vec<i32> = client
+    let mut tx = client
+        .transaction()
+        .map_err(|e| format!("cannot begin the migration: {e}"))?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS authd_schema_migrations (\
+           version integer PRIMARY KEY, name text NOT NULL, \
+           applied_at timestamp with time zone NOT NULL DEFAULT now())",
+    )
+    .map_err(|e| format!("cannot create authd_schema_migrations: {e}"))?;
+    let applied: Vec<i32> = tx
         .query("SELECT version FROM authd_schema_migrations", &[])
         .map_err(|e| format!("cannot read authd_schema_migrations: {e}"))?
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let mut ran = 0;
+    let mut ran = Vec::new();
     for (version, name, sql) in MIGRATIONS {
         if applied.contains(version) {
             continue;
         }
         if *version == 1 {
-            refuse_case_duplicates(client)?;
+            refuse_case_duplicates(&mut tx)?;
         }
-        let mut tx = client
-            .transaction()
-            .map_err(|e| format!("migration {name}: {e}"))?;
         tx.batch_execute(sql)
             .map_err(|e| format!("migration {name} failed: {e}"))?;
         tx.execute(
@@ -369,16 +376,19 @@ fn apply(client: &mut Client) -> Result<usize, String> {
             &[version, name],
         )
         .map_err(|e| format!("migration {name}: {e}"))?;
-        tx.commit().map_err(|e| format!("migration {name}: {e}"))?;
-        log::info!("applied migration {name}");
-        ran += 1;
+        ran.push(*name);
     }
-    Ok(ran)
+    tx.commit()
+        .map_err(|e| format!("cannot commit the migration: {e}"))?;
+    for name in &ran {
+        log::info!("applied migration {name}");
+    }
+    Ok(ran.len())
 }
 
 /// A users table made elsewhere may hold emails that differ only in case; the
 /// case-insensitive unique index cannot be built then. Name them and change nothing.
-fn refuse_case_duplicates(client: &mut Client) -> Result<(), String> {
+fn refuse_case_duplicates(client: &mut postgres::Transaction<'_>) -> Result<(), String> {
     let exists: bool = client
         .query_one("SELECT to_regclass('accounts_user') IS NOT NULL", &[])
         .map_err(|e| e.to_string())?

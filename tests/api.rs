@@ -26,7 +26,7 @@ fn register_answers_201_with_the_user_and_never_the_password() {
         .query_one("SELECT password FROM accounts_user", &[])
         .unwrap()
         .get(0);
-    assert!(stored.starts_with("bcrypt$$2b$04$"), "{stored}");
+    assert!(stored.starts_with("bcrypt_sha256$$2b$04$"), "{stored}");
     assert!(!s.log_text().contains("Password123"));
 }
 

@@ -2,21 +2,7 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
-
-fn authd(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_authd"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .current_dir(std::env::temp_dir())
-        .args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
 
 #[test]
 fn help_lists_the_commands_and_every_setting() {

@@ -7,6 +7,7 @@ use crate::Ctx;
 use crate::db::Throttle;
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
+use crate::password::Verdict;
 
 /// Longest email kept as a throttle key; longer ones cannot belong to a user anyway.
 const MAX_KEY_CHARS: usize = 320;
@@ -41,14 +42,27 @@ pub fn login(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
         conn.user_by_email(email)?
         // the connection goes back to the pool before bcrypt runs
     };
-    let matches = ctx
+    let verdict = ctx
         .hasher
         .verify(&password, found.as_ref().map(|u| u.password.as_str()));
-    let user = match found {
-        Some(u) if matches && u.is_active => u.user,
+    let found = match found {
+        Some(u) if verdict.matches() && u.is_active => u,
         _ => return Err(ApiError::InvalidCredentials),
     };
-    ctx.conn()?.login_succeeded(user.id, &email_key, &ip_key)?;
+    // A hash in an older format (PBKDF2 from the Django original) or at another cost is
+    // replaced now, while the password is at hand: the next login is bcrypt at BCRYPT_COST.
+    let rehash = match verdict {
+        Verdict::MatchOutdated => ctx
+            .hasher
+            .rehash(&password)
+            .map_err(|e| log::warn!("password hash not upgraded: {e}"))
+            .ok(),
+        _ => None,
+    };
+    let upgrade = rehash.as_deref().map(|new| (found.password.as_str(), new));
+    let user = found.user;
+    ctx.conn()?
+        .login_succeeded(user.id, &email_key, &ip_key, upgrade)?;
     let issued = ctx.tokens.issue(user.id).map_err(ApiError::Internal)?;
     Ok(Reply::json(200, &user_json(&user))
         .with("Set-Cookie", ctx.cookie.set(&issued.token, cfg.jwt_ttl)))

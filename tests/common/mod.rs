@@ -78,6 +78,37 @@ impl Drop for TestDb {
     }
 }
 
+/// Runs the real binary with a clean environment plus `env`, and waits for it.
+pub fn authd(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    authd_with_input(args, env, None)
+}
+
+/// [`authd`], with `input` written to its standard input (closed after).
+pub fn authd_with_input(
+    args: &[&str],
+    env: &[(&str, &str)],
+    input: Option<&str>,
+) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_authd"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(std::env::temp_dir())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start authd");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    if let Some(text) = input {
+        let _ = stdin.write_all(text.as_bytes());
+    }
+    drop(stdin);
+    child.wait_with_output().expect("wait for authd")
+}
+
 /// The real binary, started with a clean environment plus the given settings.
 pub struct Server {
     pub addr: SocketAddr,
