@@ -1,7 +1,7 @@
 # authd: `make run` serves on 127.0.0.1:8000, `make test` runs every test.
 .PHONY: run test lint db-stop bench fuzz release clean patch
 
-PATCHED := .patched/tiny_http-0.12.0/.authd-patched
+PATCHED := .patched/tiny_http-0.12.0/.authd-patched-v2
 
 # tiny_http with a bounded body drain (see SECURITY.md); generated, never committed.
 $(PATCHED): scripts/patch-tiny-http.py
@@ -18,6 +18,10 @@ test: $(PATCHED)
 lint: $(PATCHED)
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+
+# Load figures (BENCHMARKS.md): `make bench`, or `make bench BENCH_ARGS=--sweep`.
+bench: $(PATCHED)
+	@scripts/bench.sh $(BENCH_ARGS)
 
 db-stop:
 	@scripts/pg.sh stop .pg

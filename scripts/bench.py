@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""`make bench`: load authd (release build, BCRYPT_COST=12) with wrk on this machine and print
+a table. Usage: bench.py PG_PORT [--sweep] [--quick]
+
+Every wrk run is checked from the kernel's side: midway through, each of the server's
+established connections must have sent bytes (`ss -ti`, bytes_acked). A run where one did not
+is marked INVALID (tiny_http can leave keep-alive connections unserved while wrk reports no
+error), and the bench exits 1.
+"""
+import json
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "authd")
+CORES = os.cpu_count() or 1
+QUICK = "--quick" in sys.argv
+DUR = 3 if QUICK else 6
+PG_PORT = sys.argv[1]
+PASSWORD = "Password123"
+invalid = []
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def psql(db, sql):
+    subprocess.run(
+        ["psql", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", PG_PORT, "-U", "postgres", "-d", db, "-c", sql],
+        check=True, stdout=subprocess.DEVNULL)
+
+
+def http(port, method, path, body=None, cookie=None):
+    """One request on its own connection: (status, headers text, body)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    data = body.encode() if body else b""
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+    if cookie:
+        head += f"Cookie: {cookie}\r\n"
+    s.sendall(head.encode() + b"\r\n" + data)
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    s.close()
+    text = out.decode(errors="replace")
+    head, _, rest = text.partition("\r\n\r\n")
+    return int(head.split()[1]), head, rest
+
+
+class Authd:
+    def __init__(self, db, extra=None):
+        self.port = free_port()
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "DATABASE_URL": f"postgres://postgres@127.0.0.1:{PG_PORT}/{db}",
+            "SECRET_KEY": secrets.token_urlsafe(48),
+            "BIND": f"127.0.0.1:{self.port}",
+            "BCRYPT_COST": "12",
+            "RUST_LOG": "warn",
+            # the bench's own clients all come from 127.0.0.1
+            "LOGIN_MAX_FAILURES_PER_IP": "1000000",
+        }
+        env.update(extra or {})
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen([BIN], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
+        while True:
+            try:
+                if http(self.port, "GET", "/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                sys.exit(f"bench: authd exited with {self.proc.returncode}")
+            if time.perf_counter() - t0 > 30:
+                sys.exit("bench: authd did not answer /healthz within 30 s")
+            time.sleep(0.0005)
+        self.startup_ms = (time.perf_counter() - t0) * 1000
+
+    def vm(self, field):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # MiB
+        return 0.0
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=15)
+
+
+def served_connections(port):
+    """(established connections to the server, how many have sent no byte yet)."""
+    out = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    conns = re.split(r"\n(?=\S)", out.strip()) if out.strip() else []
+    idle = sum(1 for c in conns if int((re.search(r"bytes_acked:(\d+)", c) or [0, 0])[1]) == 0)
+    return len(conns), idle
+
+
+def wrk(port, path, conns, secs=DUR, script=None, cookie=None, label=""):
+    """Runs wrk; returns dict(rps, p50, p99, requests, errors, ok)."""
+    threads = min(conns, 2)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script or "")
+        f.write(REPORT)
+        lua = f.name
+    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{secs}s", "--latency", "--timeout", "10s", "-s", lua]
+    if cookie:
+        cmd += ["-H", f"Cookie: {cookie}"]
+    cmd.append(f"http://127.0.0.1:{port}{path}")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(secs * 0.6)
+    established, silent = served_connections(port)
+    out = proc.communicate()[0]
+    os.unlink(lua)
+    m = re.search(r"^JSON (.*)$", out, re.M)
+    if not m:
+        sys.exit(f"bench: wrk failed:\n{out}")
+    r = json.loads(m.group(1))
+    r["ok"] = established >= conns and silent == 0
+    if not r["ok"]:
+        invalid.append(f"{label}: {established} of {conns} connections established, {silent} never answered")
+    return r
+
+
+# wrk's summary as one JSON line: latencies in microseconds, non-2xx and socket errors.
+REPORT = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'JSON {"rps": %.1f, "requests": %d, "p50": %.3f, "p99": %.3f, "mean": %.3f, "non2xx": %d, "errors": %d}\n',
+    summary.requests / (summary.duration / 1e6), summary.requests,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency.mean / 1000,
+    e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+LOGIN = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"email":"bench@example.com","password":"%s"}'
+""" % PASSWORD
+
+REGISTER = """
+local n = 0
+local id = tostring(math.random(1, 1e9))
+request = function()
+  n = n + 1
+  return wrk.format("POST", "/api/register/", {["Content-Type"] = "application/json"},
+    string.format('{"name":"Bench","email":"r%s-%d@example.com","password":"Password123"}', id, n))
+end
+"""
+
+
+def fmt_row(cells, widths):
+    return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+
+
+def table(header, rows):
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    lines = [fmt_row(header, widths), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += [fmt_row(r, widths) for r in rows]
+    return "\n".join(lines)
+
+
+def mark(r):
+    return "" if r["ok"] and r["errors"] == 0 and r["non2xx"] == 0 else " INVALID"
+
+
+def fill_users(db, total):
+    """Grows accounts_user to `total` rows (dummy hashes: these users never log in)."""
+    psql(db, f"""INSERT INTO accounts_user (password, is_superuser, first_name, last_name, is_staff,
+        is_active, date_joined, name, email)
+        SELECT '!bench', false, '', '', false, true, now(), 'Filler ' || g, 'filler' || g || '@example.com'
+        FROM generate_series((SELECT count(*) FROM accounts_user) + 1, {total}) g; ANALYZE accounts_user""")
+
+
+def main():
+    db = "bench_" + secrets.token_hex(4)
+    psql("postgres", f"CREATE DATABASE {db}")
+    try:
+        run(db)
+    finally:
+        psql("postgres", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def run(db):
+    size_mb = os.path.getsize(BIN) / 1e6
+    cold = Authd(db)  # the first start migrates; time the second, as a restart would be
+    cold.stop()
+    srv = Authd(db)
+    port = srv.port
+    rows = []
+    status, _, _ = http(port, "POST", "/api/register/",
+                        json.dumps({"name": "Bench", "email": "bench@example.com", "password": PASSWORD}))
+    assert status == 201, status
+    status, head, _ = http(port, "POST", "/api/login/", json.dumps({"email": "bench@example.com", "password": PASSWORD}))
+    assert status == 200, status
+    cookie = re.search(r"(?im)^set-cookie: (jwt=[^;]+)", head).group(1)
+    fill_users(db, 1000)
+
+    print(f"authd bench: {CORES} cores, {DUR} s per run, BCRYPT_COST=12, WORKERS default", flush=True)
+    for c in (1, 16, 64, 256):
+        r = wrk(port, "/api/user/", c, cookie=cookie, label=f"GET /api/user/ c={c}")
+        rows.append([f"GET /api/user/, {c} conn", f"{r['rps']:,.0f} req/s{mark(r)}", f"{r['p50']:.2f} ms", f"{r['p99']:.2f} ms"])
+        print(rows[-1], flush=True)
+    r = wrk(port, "/healthz", 64, label="GET /healthz c=64")
+    rows.append(["GET /healthz, 64 conn", f"{r['rps']:,.0f} req/s{mark(r)}", f"{r['p50']:.2f} ms", f"{r['p99']:.2f} ms"])
+
+    one = wrk(port, "/api/login/", 1, secs=max(DUR, 5), script=LOGIN, label="login c=1")
+    verify_s = one["mean"] / 1000
+    bound = CORES / verify_s
+    many = wrk(port, "/api/login/", 16, secs=max(DUR, 10), script=LOGIN, label="login c=16")
+    rows.append(["one login, alone (bcrypt verify + 3 round trips)", f"{one['mean']:.0f} ms{mark(one)}", "", ""])
+    rows.append([f"POST /api/login/, 16 conn", f"{many['rps']:.1f} logins/s{mark(many)}",
+                 f"{100 * many['rps'] / bound:.0f}% of the bound {bound:.1f}/s", f"p99 {many['p99']:.0f} ms"])
+    reg = wrk(port, "/api/register/", 16, secs=max(DUR, 8), script=REGISTER, label="register c=16")
+    rows.append(["POST /api/register/, 16 conn", f"{reg['rps']:.1f} req/s{mark(reg)}", "", f"p99 {reg['p99']:.0f} ms"])
+
+    # Cheap requests while 16 clients flood the login (bcrypt saturates the cores).
+    flood_secs = DUR + 4
+    flood = {}
+    t = threading.Thread(target=lambda: flood.update(wrk(port, "/api/login/", 16, secs=flood_secs, script=LOGIN, label="login flood")))
+    t.start()
+    time.sleep(2)
+    for c in (16, 64):
+        r = wrk(port, "/api/user/", c, secs=max(DUR // 2, 3), cookie=cookie, label=f"user under login flood c={c}")
+        rows.append([f"GET /api/user/, {c} conn, during a login flood", f"{r['rps']:,.0f} req/s{mark(r)}", f"{r['p50']:.2f} ms", f"{r['p99']:.2f} ms"])
+    t.join()
+    rows.append(["(the flood itself)", f"{flood['rps']:.1f} logins/s{mark(flood)}", "", ""])
+
+    scale = []
+    for total in (1000, 100_000, 1_000_000):
+        fill_users(db, total)
+        r = wrk(port, "/api/user/", 64, cookie=cookie, label=f"user c=64 with {total} users")
+        scale.append([f"{total:,} users", f"{r['rps']:,.0f} req/s{mark(r)}", f"{r['p50']:.2f} ms", f"{r['p99']:.2f} ms"])
+
+    hwm, rss = srv.vm("VmHWM"), srv.vm("VmRSS")
+    srv.stop()
+    rows.append(["peak RSS (VmHWM) after all of the above", f"{hwm:.1f} MiB", f"now {rss:.1f} MiB", ""])
+    rows.append(["stripped binary", f"{size_mb:.1f} MB", "", ""])
+    rows.append(["start-up to the first 200 from /healthz", f"{srv.startup_ms:.0f} ms", f"first start, migrating: {cold.startup_ms:.0f} ms", ""])
+
+    print()
+    print(table(["what", "result", "p50 / share", "p99"], rows))
+    print()
+    print("GET /api/user/ at 64 connections against the size of accounts_user:")
+    print(table(["users", "req/s", "p50", "p99"], scale))
+
+    if "--sweep" in sys.argv:
+        sweep(db, cookie)
+
+    if invalid:
+        print("\nINVALID runs (a connection was never answered, or errors):")
+        for line in invalid:
+            print("  " + line)
+        sys.exit(1)
+
+
+def sweep(db, cookie):
+    print("\nWORKERS and DB_POOL_SIZE, GET /api/user/ (64 and 256 connections):")
+    rows = []
+    for workers, pool in ((2, 4), (4, 6), (8, 10), (16, 18), (32, 34), (8, 4)):
+        s = Authd(db, {"WORKERS": str(workers), "DB_POOL_SIZE": str(pool)})
+        r64 = wrk(s.port, "/api/user/", 64, cookie=cookie, label=f"sweep {workers}/{pool} c=64")
+        r256 = wrk(s.port, "/api/user/", 256, cookie=cookie, label=f"sweep {workers}/{pool} c=256")
+        rows.append([workers, pool, f"{r64['rps']:,.0f}{mark(r64)}", f"{r64['p99']:.2f} ms",
+                     f"{r256['rps']:,.0f}{mark(r256)}", f"{r256['p99']:.2f} ms", f"{s.vm('VmHWM'):.1f} MiB"])
+        s.stop()
+        print(rows[-1], flush=True)
+    print(table(["WORKERS", "DB_POOL_SIZE", "req/s c=64", "p99 c=64", "req/s c=256", "p99 c=256", "VmHWM"], rows))
+
+
+if __name__ == "__main__":
+    main()
