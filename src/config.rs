@@ -5,6 +5,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::proxy::TrustedProxies;
+
 /// The server's settings, validated; built once at start by [`Config::from_env`].
 #[derive(Clone)]
 pub struct Config {
@@ -48,6 +50,10 @@ pub struct Config {
     pub login_window: Duration,
     /// Extra origins allowed for cross-origin POSTs and CORS.
     pub allowed_origins: Vec<String>,
+    /// Serve `GET /metrics`.
+    pub metrics_enabled: bool,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl fmt::Debug for Config {
@@ -147,7 +153,21 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "empty",
         "comma-separated origins allowed for CORS",
     ),
-    ("RUST_LOG", "info", "log filter"),
+    (
+        "METRICS_ENABLED",
+        "true",
+        "serve GET /metrics (Prometheus text format)",
+    ),
+    (
+        "TRUSTED_PROXIES",
+        "empty",
+        "proxy addresses/CIDRs whose X-Forwarded-For is believed",
+    ),
+    (
+        "RUST_LOG",
+        "info",
+        "log filter; the access log is target authd::access",
+    ),
 ];
 
 impl Config {
@@ -236,6 +256,14 @@ impl Config {
                 ));
             }
         }
+        let metrics_enabled = match get("METRICS_ENABLED") {
+            None => true,
+            Some(v) => {
+                parse_bool(&v).ok_or_else(|| err("METRICS_ENABLED", "expected true or false"))?
+            }
+        };
+        let trusted_proxies = TrustedProxies::parse(&get("TRUSTED_PROXIES").unwrap_or_default())
+            .map_err(|e| err("TRUSTED_PROXIES", e))?;
         Ok(Config {
             secret_key,
             secret_key_generated,
@@ -258,6 +286,8 @@ impl Config {
                 as i32,
             login_window: secs(&get, "LOGIN_WINDOW", 900, 1, 30 * 24 * 3600)?,
             allowed_origins,
+            metrics_enabled,
+            trusted_proxies,
         })
     }
 }

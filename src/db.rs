@@ -36,14 +36,23 @@ impl From<postgres::Error> for DbError {
     fn from(e: postgres::Error) -> DbError {
         let unavailable = match e.code() {
             // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections,
-            // query_canceled (statement timeout)
-            Some(c) => matches!(c.code(), "57P01" | "57P02" | "57P03" | "53300" | "57014"),
+            // query_canceled (statement timeout), deadlock_detected, serialization_failure:
+            // all worth a retry by the client
+            Some(c) => matches!(
+                c.code(),
+                "57P01" | "57P02" | "57P03" | "53300" | "57014" | "40P01" | "40001"
+            ),
             None => true,
         };
+        // postgres::Error's Display is only "db error"; the server's message says what failed.
+        let text = match e.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => e.to_string(),
+        };
         if unavailable {
-            DbError::Unavailable(e.to_string())
+            DbError::Unavailable(text)
         } else {
-            DbError::Other(e.to_string())
+            DbError::Other(text)
         }
     }
 }
@@ -168,7 +177,7 @@ impl Conn {
                 insert_user: c.prepare(
                     "INSERT INTO accounts_user (password, is_superuser, first_name, last_name, \
                      is_staff, is_active, date_joined, name, email) \
-                     VALUES ($1, false, '', '', false, true, now(), $2, $3) \
+                     VALUES ($1, $4, '', '', $4, true, now(), $2, $3) \
                      ON CONFLICT DO NOTHING RETURNING id",
                 )?,
                 throttle_hit: c.prepare(
@@ -183,9 +192,14 @@ impl Conn {
                        ceil(extract(epoch FROM t.window_start + make_interval(secs => $3) - now()))::float8",
                 )?,
                 login_succeeded: c.prepare(
-                    "WITH e AS (DELETE FROM authd_login_throttle WHERE scope = 'e' AND key = $2), \
-                     i AS (UPDATE authd_login_throttle SET failures = greatest(failures - 1, 0) \
-                           WHERE scope = 'i' AND key = $3) \
+                    // Rows are locked in (scope, key) order, 'e' before 'i', as throttle_hit's
+                    // INSERT locks them: two logins to one account cannot deadlock.
+                    "WITH locked AS (SELECT scope, key FROM authd_login_throttle \
+                       WHERE (scope = 'e' AND key = $2) OR (scope = 'i' AND key = $3) \
+                       ORDER BY scope, key FOR UPDATE), \
+                     reset AS (UPDATE authd_login_throttle t SET failures = \
+                       CASE WHEN t.scope = 'e' THEN 0 ELSE greatest(t.failures - 1, 0) END \
+                       FROM locked l WHERE t.scope = l.scope AND t.key = l.key) \
                      UPDATE accounts_user SET last_login = now(), \
                        password = CASE WHEN password = $4 THEN $5 ELSE password END \
                      WHERE id = $1",
@@ -225,17 +239,19 @@ impl Conn {
         }))
     }
 
-    /// Inserts a user; `None` when the email is taken (in any letter case).
+    /// Inserts a user (`superuser`: also staff, as Django's `createsuperuser` makes them);
+    /// `None` when the email is taken (in any letter case).
     pub fn insert_user(
         &mut self,
         name: &str,
         email: &str,
         password_hash: &str,
+        superuser: bool,
     ) -> Result<Option<i64>, DbError> {
         let st = self.stmts()?.insert_user.clone();
         let row = self
             .client
-            .query_opt(&st, &[&password_hash, &name, &email])?;
+            .query_opt(&st, &[&password_hash, &name, &email, &superuser])?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -328,6 +344,39 @@ impl std::fmt::Display for MigrateError {
             MigrateError::Unreachable(m) | MigrateError::Failed(m) => f.write_str(m),
         }
     }
+}
+
+/// Where `config` points, for messages: `host:port/dbname` (never the password).
+pub fn describe(config: &postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}/{}", config.get_dbname().unwrap_or("?"))
+}
+
+/// Connects once and reads how many of authd's migrations the database holds:
+/// `(applied, known)`.
+pub fn schema_status(config: &postgres::Config) -> Result<(usize, usize), String> {
+    let mut client = config.connect(NoTls).map_err(|e| e.to_string())?;
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('authd_schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .map_err(|e| e.to_string())?
+        .get(0);
+    let applied: i64 = if exists {
+        client
+            .query_one("SELECT count(*) FROM authd_schema_migrations", &[])
+            .map_err(|e| e.to_string())?
+            .get(0)
+    } else {
+        0
+    };
+    Ok((applied as usize, MIGRATIONS.len()))
 }
 
 /// Applies the schema steps not yet recorded, under an advisory lock; returns how many ran.

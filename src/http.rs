@@ -21,6 +21,8 @@ pub struct Reply {
     pub body: Vec<u8>,
     /// Headers beyond the common ones.
     pub headers: Vec<(&'static str, String)>,
+    /// `Content-Type`: JSON for everything but `/metrics` and the OpenAPI document.
+    pub content_type: &'static str,
 }
 
 impl Reply {
@@ -30,6 +32,17 @@ impl Reply {
             status,
             body: serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec()),
             headers: Vec::new(),
+            content_type: "application/json",
+        }
+    }
+
+    /// A 200 with a body that is not JSON.
+    pub fn text(content_type: &'static str, body: Vec<u8>) -> Reply {
+        Reply {
+            status: 200,
+            body,
+            headers: Vec::new(),
+            content_type,
         }
     }
 
@@ -49,9 +62,12 @@ pub struct Req<'a> {
 }
 
 impl<'a> Req<'a> {
-    /// Wraps a tiny_http request.
-    pub fn new(raw: &'a mut tiny_http::Request, activity: Option<&'a Activity>) -> Req<'a> {
-        let peer = raw.remote_addr().map(|a| a.ip());
+    /// Wraps a tiny_http request from client address `peer`.
+    pub fn new(
+        raw: &'a mut tiny_http::Request,
+        peer: Option<IpAddr>,
+        activity: Option<&'a Activity>,
+    ) -> Req<'a> {
         Req {
             raw,
             peer,

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod cookie;
 pub mod db;
@@ -10,7 +11,9 @@ pub mod domain;
 pub mod error;
 pub mod guard;
 pub mod http;
+pub mod metrics;
 pub mod password;
+pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod token;
@@ -39,6 +42,8 @@ pub struct Ctx {
     pub cookie: CookieSpec,
     /// What the workers report to the connection guard.
     pub activity: std::sync::Arc<guard::Activity>,
+    /// Counters for `GET /metrics`.
+    pub metrics: metrics::Metrics,
     migrated: AtomicBool,
 }
 
@@ -54,6 +59,7 @@ impl Ctx {
                 secure: config.cookie_secure,
             },
             activity: Default::default(),
+            metrics: Default::default(),
             migrated: AtomicBool::new(false),
             config,
         }
@@ -74,6 +80,20 @@ impl Ctx {
     /// Whether the schema is known to be in place.
     pub fn is_migrated(&self) -> bool {
         self.migrated.load(Ordering::Acquire)
+    }
+
+    /// The client's address: the peer, or the one a trusted proxy forwarded.
+    pub fn client_ip(&self, rq: &tiny_http::Request) -> Option<std::net::IpAddr> {
+        let peer = rq.remote_addr()?.ip();
+        if self.config.trusted_proxies.is_empty() {
+            return Some(peer);
+        }
+        let forwarded = rq
+            .headers()
+            .iter()
+            .filter(|h| h.field.equiv("X-Forwarded-For"))
+            .map(|h| h.value.as_str());
+        Some(self.config.trusted_proxies.client_ip(peer, forwarded))
     }
 
     /// Records that the schema is in place.

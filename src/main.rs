@@ -3,18 +3,24 @@
 
 use std::process::exit;
 
-use authd::{App, Config, config::SETTINGS, db};
+use authd::{App, Config, cli, config::SETTINGS, db};
 
 const USAGE: &str = "authd: a small, fast, safe user-authentication server
 
 Usage:
-  authd              serve the API (migrates the schema first)
-  authd serve        the same
-  authd migrate      apply the schema to the database, then exit
-  authd --help       this text
-  authd --version    the version
+  authd                 serve the API (migrates the schema first)
+  authd serve           the same
+  authd migrate         apply the schema to the database, then exit
+  authd check           check the settings and that the database answers; one line, exit 0 or 1
+  authd create-user --email EMAIL --name NAME [--superuser]
+                        add a user (Django's createsuperuser); the password is read from
+                        standard input, or prompted for without echo on a terminal
+  authd --help          this text
+  authd --version       the version
 
-Exit status: 0 success, 1 runtime failure (database, migration, bind), 2 bad usage or setting.
+Exit status: 0 success; 1 runtime failure (database unreachable, migration, bind; for check,
+any failure); 2 bad usage or setting; 3 refused input (create-user: invalid email, name or
+password, or the email is taken), with the API's message.
 
 Settings (environment, or a .env file in the working directory):";
 
@@ -28,6 +34,8 @@ fn main() {
     {
         [] | ["serve"] => serve(),
         ["migrate"] => migrate(),
+        ["check"] => check(),
+        ["create-user", rest @ ..] => create_user(rest),
         ["-h" | "--help" | "help"] => help(),
         ["-V" | "--version" | "version"] => println!("authd {}", env!("CARGO_PKG_VERSION")),
         other => {
@@ -65,6 +73,53 @@ fn migrate() {
         Ok(n) => println!("authd: schema up to date ({n} migrations applied)"),
         Err(e) => {
             eprintln!("authd: migrate failed: {e}");
+            exit(1);
+        }
+    }
+}
+
+fn check() {
+    match Config::from_env() {
+        Err(e) => {
+            println!("authd check: configuration error: {e}");
+            exit(1);
+        }
+        Ok(config) => match cli::check(&config) {
+            Ok(line) => println!("authd check: ok: {line}"),
+            Err(line) => {
+                println!("authd check: failed: {line}");
+                exit(1);
+            }
+        },
+    }
+}
+
+fn create_user(args: &[&str]) {
+    let opts = cli::CreateUser::parse(args).unwrap_or_else(|e| {
+        eprintln!("authd create-user: {e}; see authd --help");
+        exit(2);
+    });
+    init_logging();
+    let config = load_config();
+    let password = cli::read_password().unwrap_or_else(|e| {
+        eprintln!("authd create-user: cannot read the password: {e}");
+        exit(2);
+    });
+    match cli::create_user(&config, &opts, &password) {
+        Ok(user) => println!(
+            "authd create-user: created user {} <{}>{}",
+            user.id,
+            user.email,
+            if opts.superuser { " (superuser)" } else { "" }
+        ),
+        Err(cli::Refused::Input(errors)) => {
+            for (field, message) in errors {
+                eprintln!("authd create-user: {field}: {message}");
+            }
+            exit(3);
+        }
+        Err(cli::Refused::Runtime(e)) => {
+            eprintln!("authd create-user: {e}");
             exit(1);
         }
     }

@@ -17,6 +17,10 @@ pub enum Route {
     Healthz,
     /// `GET /readyz`
     Readyz,
+    /// `GET /metrics` (Prometheus)
+    Metrics,
+    /// `GET /api/openapi.yaml`
+    OpenApi,
 }
 
 /// What the router decided: the route, and whether this is a CORS preflight.
@@ -38,6 +42,8 @@ const ROUTES: &[(&str, Route, &str)] = &[
     ("/api/logout", Route::Logout, POST),
     ("/healthz", Route::Healthz, GET),
     ("/readyz", Route::Readyz, GET),
+    ("/metrics", Route::Metrics, GET),
+    ("/api/openapi.yaml", Route::OpenApi, GET),
 ];
 
 /// The path of a request target, without its query string.
@@ -68,19 +74,38 @@ impl Route {
             Route::Logout => "/api/logout/",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
+            Route::Metrics => "/metrics",
+            Route::OpenApi => "/api/openapi.yaml",
         }
+    }
+
+    /// The route's index in [`crate::metrics::ROUTES`].
+    pub fn metrics_index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The route a request target names, whatever the method (for metrics); `None` for an
+/// unknown path.
+pub fn route_of(url: &str) -> Option<Route> {
+    let path = trimmed(url);
+    ROUTES.iter().find(|(p, _, _)| *p == path).map(|r| r.1)
+}
+
+/// The path without its query string and without one trailing slash.
+fn trimmed(url: &str) -> &str {
+    let path = path_of(url);
+    if path.len() > 1 {
+        path.strip_suffix('/').unwrap_or(path)
+    } else {
+        path
     }
 }
 
 /// Finds the route for `method` and request target `url` (query string ignored, one
 /// trailing slash optional).
 pub fn route(method: &str, url: &str) -> Result<Matched, ApiError> {
-    let path = path_of(url);
-    let path = if path.len() > 1 {
-        path.strip_suffix('/').unwrap_or(path)
-    } else {
-        path
-    };
+    let path = trimmed(url);
     let (_, route, allow) = ROUTES
         .iter()
         .find(|(p, _, _)| *p == path)
@@ -124,6 +149,18 @@ mod tests {
         assert_eq!(ok("POST", "/api/register/"), Route::Register);
         assert_eq!(ok("POST", "/api/logout"), Route::Logout);
         assert_eq!(ok("GET", "/readyz"), Route::Readyz);
+        assert_eq!(ok("GET", "/metrics"), Route::Metrics);
+        assert_eq!(ok("GET", "/api/openapi.yaml"), Route::OpenApi);
+    }
+
+    #[test]
+    fn metrics_indexes_name_the_same_routes() {
+        for (path, route, _) in ROUTES {
+            let label = crate::metrics::ROUTES[route.metrics_index()];
+            assert!(path.contains(label), "{path} {label}");
+            assert_eq!(route_of(path), Some(*route));
+        }
+        assert_eq!(route_of("/nope"), None);
     }
 
     #[test]

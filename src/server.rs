@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::error::ApiError;
 use crate::http::{self, Reply, Req};
+use crate::metrics::{self, Lane};
 use crate::router::{self, Route};
 use crate::{Config, Ctx, api, db, guard};
 
@@ -50,6 +51,8 @@ fn install_panic_hook() {
 const FAST_QUEUE: usize = 1024;
 /// Logins and registrations waiting for a hashing worker before new ones get 503.
 const HASH_QUEUE: usize = 64;
+/// The hashing workers' nice value (see [`spawn_workers`]).
+const HASH_NICE: i32 = 10;
 /// How long in-flight requests get to finish after SIGTERM.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(8);
 
@@ -142,12 +145,15 @@ impl App {
         );
         let (fast_tx, fast_rx) = sync_channel(FAST_QUEUE);
         let (hash_tx, hash_rx) = sync_channel(HASH_QUEUE);
-        let mut workers = spawn_workers("worker", &ctx, fast_rx, ctx.config.workers)?;
+        let mut workers =
+            spawn_workers("worker", Lane::Fast, &ctx, fast_rx, ctx.config.workers, 0)?;
         workers.extend(spawn_workers(
             "hasher",
+            Lane::Hash,
             &ctx,
             hash_rx,
             ctx.config.hash_workers,
+            HASH_NICE,
         )?);
         let lanes = Lanes {
             ctx: ctx.clone(),
@@ -240,10 +246,17 @@ impl Lanes {
             router::route(rq.method().as_str(), rq.url()),
             Ok(m) if !m.preflight && m.route.hashes()
         );
-        let lane = if hashes { &self.hash } else { &self.fast };
+        let (lane, which) = if hashes {
+            (&self.hash, Lane::Hash)
+        } else {
+            (&self.fast, Lane::Fast)
+        };
+        // Counted before the send, so that a worker's decrement never comes first.
+        self.ctx.metrics.queue(which, 1);
         match lane.try_send(rq) {
             Ok(()) => {}
             Err(TrySendError::Full(rq)) | Err(TrySendError::Disconnected(rq)) => {
+                self.ctx.metrics.queue(which, -1);
                 let started = Instant::now();
                 let reply = ApiError::Unavailable("request queue is full".into()).into_reply();
                 finish(&self.ctx, rq, reply, started);
@@ -318,11 +331,16 @@ fn restart(
     }
 }
 
+/// Starts `n` workers on one lane. `nice` lowers their scheduling priority: the hashing
+/// workers run at nice 10, so that while bcrypt saturates the cores the kernel still gives
+/// cheap requests the CPU first.
 fn spawn_workers(
-    name: &str,
+    name: &'static str,
+    lane: Lane,
     ctx: &Arc<Ctx>,
     rx: Receiver<tiny_http::Request>,
     n: usize,
+    nice: i32,
 ) -> io::Result<Vec<JoinHandle<()>>> {
     let rx = Arc::new(Mutex::new(rx));
     (0..n)
@@ -331,13 +349,22 @@ fn spawn_workers(
             thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || {
+                    // Linux keeps a nice value per thread; this one only affects this worker.
+                    if nice != 0
+                        && let Err(e) = rustix::process::nice(nice)
+                    {
+                        log::debug!("cannot lower the priority of {name}-{i}: {e}");
+                    }
                     loop {
                         let next = match rx.lock() {
                             Ok(rx) => rx.recv(),
                             Err(_) => return,
                         };
                         match next {
-                            Ok(rq) => handle(&ctx, rq),
+                            Ok(rq) => {
+                                ctx.metrics.queue(lane, -1);
+                                handle(&ctx, rq)
+                            }
                             Err(_) => return,
                         }
                     }
@@ -351,7 +378,8 @@ fn spawn_workers(
 fn handle(ctx: &Ctx, mut rq: tiny_http::Request) {
     let started = Instant::now();
     let reply = {
-        let mut req = Req::new(&mut rq, Some(&ctx.activity));
+        let client = ctx.client_ip(&rq);
+        let mut req = Req::new(&mut rq, client, Some(&ctx.activity));
         match catch_unwind(AssertUnwindSafe(|| dispatch(ctx, &mut req))) {
             Ok(Ok(reply)) => reply,
             Ok(Err(e)) => e.into_reply(),
@@ -387,6 +415,8 @@ fn dispatch(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
         Route::Logout => api::logout::logout(ctx, req),
         Route::Healthz => api::health::healthz(ctx, req),
         Route::Readyz => api::health::readyz(ctx, req),
+        Route::Metrics => api::meta::metrics(ctx, req),
+        Route::OpenApi => api::meta::openapi(ctx, req),
     }
     .unwrap_or_else(ApiError::into_reply);
     Ok(match cors {
@@ -399,19 +429,23 @@ fn dispatch(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
 fn finish(ctx: &Ctx, rq: tiny_http::Request, reply: Reply, started: Instant) {
     let remote = rq.remote_addr().copied();
     let status = reply.status;
-    let method = rq.method().as_str().to_string();
-    let path: String = router::path_of(rq.url())
-        .chars()
-        .take(200)
-        .flat_map(char::escape_default)
-        .collect();
-    let peer = rq
-        .remote_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_default();
+    let route = router::route_of(rq.url()).map_or(metrics::OTHER_ROUTE, Route::metrics_index);
+    // Built only when the access log is on: this runs for every request.
+    let line = log::log_enabled!(target: "authd::access", log::Level::Info).then(|| {
+        let path: String = router::path_of(rq.url())
+            .chars()
+            .take(200)
+            .flat_map(char::escape_default)
+            .collect();
+        let client = ctx
+            .client_ip(&rq)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        (rq.method().as_str().to_string(), path, client)
+    });
     let mut resp = tiny_http::Response::from_data(reply.body).with_status_code(status);
     let common = [
-        ("Content-Type", "application/json"),
+        ("Content-Type", reply.content_type),
         ("X-Content-Type-Options", "nosniff"),
         ("Cache-Control", "no-store"),
     ];
@@ -430,8 +464,13 @@ fn finish(ctx: &Ctx, rq: tiny_http::Request, reply: Reply, started: Instant) {
     if let Some(peer) = remote {
         ctx.activity.end(peer);
     }
-    log::info!(
-        "{method} {path} {status} {:.1}ms {peer}",
-        started.elapsed().as_secs_f64() * 1000.0
-    );
+    let took = started.elapsed();
+    ctx.metrics.request(route, status, took);
+    if let Some((method, path, client)) = line {
+        log::info!(
+            target: "authd::access",
+            "{method} {path} {status} {:.1}ms {client}",
+            took.as_secs_f64() * 1000.0
+        );
+    }
 }

@@ -7,6 +7,7 @@ use crate::Ctx;
 use crate::db::Throttle;
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
+use crate::metrics::Login;
 use crate::password::Verdict;
 
 /// Longest email kept as a throttle key; longer ones cannot belong to a user anyway.
@@ -37,6 +38,7 @@ pub fn login(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
             cfg.login_max_failures_per_ip,
         )? {
             log::info!("login throttled");
+            ctx.metrics.login(Login::Throttled);
             return Err(ApiError::Throttled(secs));
         }
         conn.user_by_email(email)?
@@ -47,7 +49,10 @@ pub fn login(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
         .verify(&password, found.as_ref().map(|u| u.password.as_str()));
     let found = match found {
         Some(u) if verdict.matches() && u.is_active => u,
-        _ => return Err(ApiError::InvalidCredentials),
+        _ => {
+            ctx.metrics.login(Login::Failed);
+            return Err(ApiError::InvalidCredentials);
+        }
     };
     // A hash in an older format (PBKDF2 from the Django original) or at another cost is
     // replaced now, while the password is at hand: the next login is bcrypt at BCRYPT_COST.
@@ -63,6 +68,7 @@ pub fn login(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
     let user = found.user;
     ctx.conn()?
         .login_succeeded(user.id, &email_key, &ip_key, upgrade)?;
+    ctx.metrics.login(Login::Succeeded);
     let issued = ctx.tokens.issue(user.id).map_err(ApiError::Internal)?;
     Ok(Reply::json(200, &user_json(&user))
         .with("Set-Cookie", ctx.cookie.set(&issued.token, cfg.jwt_ttl)))

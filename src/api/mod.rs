@@ -3,6 +3,7 @@
 pub mod health;
 pub mod login;
 pub mod logout;
+pub mod meta;
 pub mod register;
 pub mod user;
 

@@ -9,6 +9,9 @@ use crate::domain::{Email, Name, Password};
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
 
+/// DRF's message for a taken email (the API's and `authd create-user`'s).
+pub const DUPLICATE_EMAIL: &str = "user with this email already exists.";
+
 /// Validates every field (reporting all bad ones at once), hashes the password, and
 /// inserts the user; a taken email (in any letter case) is a 400 on `email`.
 pub fn register(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
@@ -27,8 +30,9 @@ pub fn register(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
     let hash = ctx.hasher.hash(&password).map_err(ApiError::Internal)?;
     let id = ctx
         .conn()?
-        .insert_user(name.as_str(), email.as_str(), &hash)?
-        .ok_or_else(|| ApiError::field("email", "user with this email already exists."))?;
+        .insert_user(name.as_str(), email.as_str(), &hash, false)?
+        .ok_or_else(|| ApiError::field("email", DUPLICATE_EMAIL))?;
+    ctx.metrics.registered();
     let user = User {
         id,
         name: name.as_str().to_string(),
