@@ -458,14 +458,16 @@ fn finish(ctx: &Ctx, rq: tiny_http::Request, reply: Reply, started: Instant) {
             resp.add_header(h);
         }
     }
+    // Counted before the client can read the answer, so that a /metrics it asks for next
+    // already includes this request.
+    let took = started.elapsed();
+    ctx.metrics.request(route, status, took);
     if let Err(e) = rq.respond(resp) {
         log::debug!("writing the response failed: {e}");
     }
     if let Some(peer) = remote {
         ctx.activity.end(peer);
     }
-    let took = started.elapsed();
-    ctx.metrics.request(route, status, took);
     if let Some((method, path, client)) = line {
         log::info!(
             target: "authd::access",

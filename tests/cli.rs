@@ -168,3 +168,187 @@ fn instances_migrating_at_once_do_not_collide() {
     }
     assert_eq!(db.count("SELECT count(*) FROM authd_schema_migrations"), 2);
 }
+
+fn db_env(db: &TestDb) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", db.url()),
+        ("SECRET_KEY", SECRET.to_string()),
+        ("BCRYPT_COST", "4".to_string()),
+    ]
+}
+
+fn run(args: &[&str], env: &[(&'static str, String)], input: &str) -> std::process::Output {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    authd_with_input(args, &env, Some(input))
+}
+
+#[test]
+fn create_user_reads_the_password_from_stdin_and_the_user_can_log_in() {
+    let db = TestDb::new();
+    let env = db_env(&db);
+    let out = run(
+        &[
+            "create-user",
+            "--email",
+            "Admin@Example.COM",
+            "--name",
+            " Ada Admin ",
+            "--superuser",
+        ],
+        &env,
+        "S3cret-enough\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Admin@example.com"), "{stdout}");
+    let row = db
+        .client()
+        .query_one(
+            "SELECT name, is_superuser, is_staff, is_active FROM accounts_user",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "Ada Admin");
+    assert!(row.get::<_, bool>(1) && row.get::<_, bool>(2) && row.get::<_, bool>(3));
+
+    let s = Server::start(&db);
+    let body = s.login("admin@example.com", "S3cret-enough").expect(200);
+    assert_eq!(body["name"], "Ada Admin");
+    s.login("admin@example.com", "S3cret-enough\n").expect(401);
+
+    // without --superuser: a plain user
+    let out = run(
+        &["create-user", "--email=b@example.com", "--name=B"],
+        &env,
+        "Password123",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM accounts_user WHERE email = 'b@example.com' AND NOT is_staff AND NOT is_superuser"),
+        1
+    );
+    s.login("b@example.com", "Password123").expect(200);
+}
+
+#[test]
+fn create_user_refuses_invalid_input_with_the_apis_messages_and_changes_nothing() {
+    let db = TestDb::new();
+    let env = db_env(&db);
+    let ok = run(
+        &["create-user", "--email", "taken@example.com", "--name", "T"],
+        &env,
+        "Password123\n",
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let cases: &[(&[&str], &str, &str)] = &[
+        (
+            &["--email", "not-an-email", "--name", "N"],
+            "Password123\n",
+            "email: Enter a valid email address.",
+        ),
+        (
+            &["--email", "n@example.com", "--name", "   "],
+            "Password123\n",
+            "name: This field may not be blank.",
+        ),
+        (
+            &["--email", "n@example.com", "--name", "N"],
+            "short\n",
+            "password: Ensure this field has at least 8 bytes.",
+        ),
+        (
+            &["--email", "n@example.com", "--name", "N"],
+            "\n",
+            "password: This field may not be blank.",
+        ),
+        (
+            &["--email", "n@example.com", "--name", "N"],
+            &format!("{}\n", "x".repeat(73)),
+            "password: Ensure this field has no more than 72 bytes",
+        ),
+        (
+            &["--email", "TAKEN@example.com", "--name", "N"],
+            "Password123\n",
+            "email: user with this email already exists.",
+        ),
+    ];
+    for (args, input, message) in cases {
+        let mut full = vec!["create-user"];
+        full.extend_from_slice(args);
+        let out = run(&full, &env, input);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
+    // usage errors are 2, and name the problem
+    for args in [
+        &["create-user"][..],
+        &["create-user", "--email", "a@b.co"],
+        &["create-user", "--bogus"],
+    ] {
+        let out = run(args, &env, "Password123\n");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    assert_eq!(db.count("SELECT count(*) FROM accounts_user"), 1);
+}
+
+#[test]
+fn check_says_ok_in_one_line_or_why_not_and_exits_one() {
+    let db = TestDb::new();
+    let env = db_env(&db);
+    let out = run(&["check"], &env, "");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.trim().lines().count(), 1, "{text}");
+    assert!(
+        text.contains("reachable") && text.contains("schema at 0 of"),
+        "{text}"
+    );
+    run(&["migrate"], &env, "");
+    let text = String::from_utf8_lossy(&run(&["check"], &env, "").stdout).to_string();
+    assert!(text.contains("schema up to date"), "{text}");
+
+    // the database is down (nothing listens on that port)
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = vec![
+        (
+            "DATABASE_URL",
+            format!("postgres://postgres:hunter2hunter2@127.0.0.1:{port}/x"),
+        ),
+        ("SECRET_KEY", SECRET.to_string()),
+        ("DB_TIMEOUT", "1".to_string()),
+    ];
+    let out = run(&["check"], &down, "");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(text.trim().lines().count(), 1, "{text}");
+    assert!(
+        text.contains("unreachable") && text.contains(&format!("127.0.0.1:{port}/x")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("hunter2"),
+        "the password is never printed: {text}"
+    );
+
+    // a bad setting is a failed check too
+    let out = run(&["check"], &[("SECRET_KEY", "short".to_string())], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SECRET_KEY"));
+}
