@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use common::*;
 use serde_json::json;
@@ -232,6 +233,18 @@ fn the_access_log_has_one_line_per_request_and_no_secret() {
     .expect(200);
     s.post_json("/api/logout/", &json!({}), &[("Cookie", &cookie)])
         .expect(200);
+    // the line is written after the answer: give the last one a moment
+    let count = || {
+        s.log_text()
+            .lines()
+            .filter(|l| l.contains("authd::access"))
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(2), || count() == 4),
+        "{}",
+        s.log_text()
+    );
     let log = s.log_text();
     let access: Vec<&str> = log
         .lines()
@@ -352,10 +365,14 @@ fn x_forwarded_for_is_honoured_from_a_trusted_proxy() {
         .status,
         429
     );
-    let log = s.log_text();
+    let logged = || {
+        s.log_text()
+            .lines()
+            .any(|l| l.contains("authd::access") && l.ends_with(" 203.0.113.6"))
+    };
     assert!(
-        log.lines()
-            .any(|l| l.contains("authd::access") && l.ends_with(" 203.0.113.6")),
-        "{log}"
+        eventually(Duration::from_secs(2), logged),
+        "{}",
+        s.log_text()
     );
 }
