@@ -1,5 +1,5 @@
 # authd: `make run` serves on 127.0.0.1:8000, `make test` runs every test.
-.PHONY: run test lint db-stop bench fuzz release clean patch
+.PHONY: run test lint conformance db-stop bench release install clean patch
 
 PATCHED := .patched/tiny_http-0.12.0/.authd-patched-v2
 
@@ -18,6 +18,10 @@ test: $(PATCHED)
 lint: $(PATCHED)
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+
+# schemathesis against a running authd with openapi.yaml (all checks); CI runs it.
+conformance: $(PATCHED)
+	@scripts/conformance.sh
 
 # Load figures (BENCHMARKS.md): `make bench`, or `make bench BENCH_ARGS=--sweep`.
 bench: $(PATCHED)

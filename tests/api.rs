@@ -690,3 +690,15 @@ fn the_schema_is_the_seeds_accounts_user_plus_authds_own_tables() {
     );
     assert_eq!(db.count("SELECT count(*) FROM authd_schema_migrations"), 2);
 }
+
+#[test]
+fn a_nul_in_a_login_email_is_a_plain_401() {
+    // PostgreSQL text cannot hold NUL; schemathesis found this answering 500.
+    let db = TestDb::new();
+    let s = Server::start(&db);
+    for email in ["a\u{0}b@example.com", "\u{0}", "x@example.com\u{0}"] {
+        let body = s.login(email, "Password123").expect(401);
+        assert_eq!(body, json!({"detail": "Invalid email or password."}));
+    }
+    s.get("/healthz", &[]).expect(200);
+}

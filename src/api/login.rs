@@ -24,7 +24,14 @@ pub fn login(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
         return Err(ApiError::Validation(errors));
     };
     let email = email.trim();
-    let email_key: String = email.to_lowercase().chars().take(MAX_KEY_CHARS).collect();
+    // PostgreSQL text cannot hold NUL: such an email is counted under a stand-in character,
+    // and cannot belong to a user (registration refuses control characters).
+    let email_key: String = email
+        .to_lowercase()
+        .replace('\0', "\u{fffd}")
+        .chars()
+        .take(MAX_KEY_CHARS)
+        .collect();
     let ip_key = req.peer.map(|ip| ip.to_string()).unwrap_or_default();
     let cfg = &ctx.config;
 
@@ -41,7 +48,11 @@ pub fn login(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
             ctx.metrics.login(Login::Throttled);
             return Err(ApiError::Throttled(secs));
         }
-        conn.user_by_email(email)?
+        if email.contains('\0') {
+            None
+        } else {
+            conn.user_by_email(email)?
+        }
         // the connection goes back to the pool before bcrypt runs
     };
     let verdict = ctx
