@@ -30,8 +30,21 @@ bench: $(PATCHED)
 db-stop:
 	@scripts/pg.sh stop .pg
 
+# A stripped, optimised binary: target/release/authd.
 release: $(PATCHED)
 	cargo build --release
+	@ls -l target/release/authd
+
+# The binary and the systemd unit under $(DESTDIR)$(PREFIX) (packagers set DESTDIR).
+PREFIX ?= /usr/local
+install: release
+	install -D -m 0755 target/release/authd $(DESTDIR)$(PREFIX)/bin/authd
+	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system $(DESTDIR)$(PREFIX)/share/authd
+	sed 's#/usr/local/bin/authd#$(PREFIX)/bin/authd#' deploy/authd.service \
+		> $(DESTDIR)$(PREFIX)/lib/systemd/system/authd.service
+	chmod 0644 $(DESTDIR)$(PREFIX)/lib/systemd/system/authd.service
+	install -m 0644 deploy/authd.env.example deploy/nginx.conf $(DESTDIR)$(PREFIX)/share/authd/
+	@echo "installed $(DESTDIR)$(PREFIX)/bin/authd and $(DESTDIR)$(PREFIX)/lib/systemd/system/authd.service"
 
 clean:
 	cargo clean
