@@ -20,6 +20,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "authd")
+BARE = os.path.join(ROOT, "target", "bare", "release", "bare")
 CORES = os.cpu_count() or 1
 QUICK = "--quick" in sys.argv
 DUR = 3 if QUICK else 6
@@ -41,6 +42,24 @@ def psql(db, sql):
     subprocess.run(
         ["psql", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", PG_PORT, "-U", "postgres", "-d", db, "-c", sql],
         check=True, stdout=subprocess.DEVNULL)
+
+
+def commits(db):
+    """Transactions committed in `db` so far (each autocommit statement is one round trip)."""
+    time.sleep(1.2)  # backends publish their counts at most once a second
+    out = subprocess.run(
+        ["psql", "-tA", "-h", "127.0.0.1", "-p", PG_PORT, "-U", "postgres", "-d", db, "-c",
+         f"SELECT xact_commit FROM pg_stat_database WHERE datname = '{db}'"],
+        check=True, capture_output=True, text=True).stdout
+    return int(out.strip())
+
+
+def round_trips(db, port, path, cookie=None):
+    """Database transactions per request, over a short wrk run."""
+    before = commits(db)
+    r = wrk(port, path, 16, secs=2, cookie=cookie, label=f"round trips {path}")
+    after = commits(db) - 1  # the first commits() query itself
+    return (after - before) / max(r["requests"], 1)
 
 
 def http(port, method, path, body=None, cookie=None):
@@ -105,6 +124,13 @@ class Authd:
         self.proc.wait(timeout=15)
 
 
+def cpu_seconds(pid):
+    """User + system CPU time the process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def connections(port):
     """The server's established connections: {peer address: bytes it has sent there}."""
     out = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
@@ -118,7 +144,7 @@ def connections(port):
     return conns
 
 
-def wrk(port, path, conns, secs=DUR, script=None, cookie=None, label="", sample_at=0.6):
+def wrk(port, path, conns, secs=DUR, script=None, cookie=None, label="", sample_at=0.6, pid=None):
     """Runs wrk; returns dict(rps, p50, p99, requests, errors, ok)."""
     threads = min(conns, 2)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
@@ -130,6 +156,7 @@ def wrk(port, path, conns, secs=DUR, script=None, cookie=None, label="", sample_
         cmd += ["-H", f"Cookie: {cookie}"]
     cmd.append(f"http://127.0.0.1:{port}{path}")
     before = set(connections(port))  # another wrk's, running alongside (the login flood)
+    cpu0 = cpu_seconds(pid) if pid else 0
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(secs * sample_at)
     mine = {peer: sent for peer, sent in connections(port).items() if peer not in before}
@@ -140,6 +167,8 @@ def wrk(port, path, conns, secs=DUR, script=None, cookie=None, label="", sample_
     if not m:
         sys.exit(f"bench: wrk failed:\n{out}")
     r = json.loads(m.group(1))
+    if pid:
+        r["cpu_us"] = (cpu_seconds(pid) - cpu0) * 1e6 / max(r["requests"], 1)
     r["ok"] = established == conns and silent == 0
     if not r["ok"]:
         invalid.append(f"{label}: {established} of {conns} connections established, {silent} never answered")
@@ -194,6 +223,29 @@ def mark(r):
     return "" if r["ok"] and r["errors"] == 0 and r["non2xx"] == 0 else " INVALID"
 
 
+def bare_stack(db, cookie):
+    """The same crates in a bare loop (bench/bare), on the same database and cookie."""
+    if not os.path.exists(BARE):
+        return None
+    port = free_port()
+    env = {"PATH": os.environ.get("PATH", ""), "SECRET_KEY": SECRET,
+           "DATABASE_URL": f"postgres://postgres@127.0.0.1:{PG_PORT}/{db}"}
+    proc = subprocess.Popen([BARE, f"127.0.0.1:{port}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                if http(port, "GET", "/", cookie=cookie)[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.01)
+        else:
+            return None
+        return wrk(port, "/", 64, cookie=cookie, label="bare stack c=64", pid=proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def fill_users(db, total):
     """Grows accounts_user to `total` rows (dummy hashes: these users never log in)."""
     psql(db, f"""INSERT INTO accounts_user (password, is_superuser, first_name, last_name, is_staff,
@@ -229,9 +281,19 @@ def run(db):
     print(f"authd bench: {CORES} cores, {DUR} s per run, BCRYPT_COST=12, default WORKERS and pool, "
           "RUST_LOG=warn (no access log) unless a row says otherwise", flush=True)
     for c in (1, 16, 64, 256):
-        r = wrk(port, "/api/user/", c, cookie=cookie, label=f"GET /api/user/ c={c}")
+        r = wrk(port, "/api/user/", c, cookie=cookie, label=f"GET /api/user/ c={c}", pid=srv.proc.pid)
         rows.append([f"GET /api/user/, {c} conn", f"{r['rps']:,.0f} req/s{mark(r)}", f"{r['p50']:.2f} ms", f"{r['p99']:.2f} ms"])
         print(rows[-1], flush=True)
+        if c == 64:
+            authd_cpu = r["cpu_us"]
+    bare = bare_stack(db, cookie)
+    if bare:
+        rows.append(["the bare stack (bench/bare), 64 conn", f"{bare['rps']:,.0f} req/s{mark(bare)}", f"{bare['p50']:.2f} ms", f"{bare['p99']:.2f} ms"])
+        rows.append(["CPU per GET /api/user/ at 64 conn: authd, bare stack", f"{authd_cpu:.0f} us, {bare['cpu_us']:.0f} us", "(process user+system time)", ""])
+    rt_user = round_trips(db, port, "/api/user/", cookie)
+    rt_health = round_trips(db, port, "/healthz")
+    rows.append(["database transactions per request: /api/user/, /healthz",
+                 f"{rt_user:.3f}, {rt_health:.3f}", "(pg_stat_database.xact_commit)", ""])
     logged = Authd(db, {"RUST_LOG": "info"})
     r = wrk(logged.port, "/api/user/", 64, cookie=cookie, label="GET /api/user/ c=64, access log on")
     logged.stop()
@@ -243,10 +305,12 @@ def run(db):
     verify_s = one["mean"] / 1000
     bound = CORES / verify_s
     many = wrk(port, "/api/login/", 16, secs=max(DUR, 10), script=LOGIN, label="login c=16")
+    time.sleep(3)  # the logins still queued when wrk stopped would share the next run's CPU
     rows.append(["one login, alone (bcrypt verify + 3 round trips)", f"{one['mean']:.0f} ms{mark(one)}", "", ""])
     rows.append([f"POST /api/login/, 16 conn", f"{many['rps']:.1f} logins/s{mark(many)}",
                  f"{100 * many['rps'] / bound:.0f}% of the bound {bound:.1f}/s", f"p99 {many['p99']:.0f} ms"])
     reg = wrk(port, "/api/register/", 16, secs=max(DUR, 8), script=REGISTER, label="register c=16")
+    time.sleep(3)
     rows.append(["POST /api/register/, 16 conn", f"{reg['rps']:.1f} req/s{mark(reg)}", "", f"p99 {reg['p99']:.0f} ms"])
 
     # Cheap requests while 16 clients flood the login (bcrypt saturates the cores).
@@ -263,7 +327,20 @@ def run(db):
         r = wrk(port, "/api/user/", c, secs=user_secs, cookie=cookie, label=f"user under login flood c={c}")
         rows.append([f"GET /api/user/, {c} conn, during a login flood", f"{r['rps']:,.0f} req/s{mark(r)}", f"{r['p50']:.2f} ms", f"{r['p99']:.2f} ms"])
     t.join()
-    time.sleep(2)  # let the queued logins finish before the next figures
+    time.sleep(4)  # let the queued logins finish before the next figures
+    # The control: the same load while two busy loops at the lowest priority there is
+    # (SCHED_IDLE) hold the cores. No bcrypt, no authd change: what the machine's scheduler
+    # alone does to the tail when the CPU is saturated.
+    hogs = [subprocess.Popen(["chrt", "-i", "0", "sh", "-c", "while :; do :; done"]) for _ in range(CORES)]
+    try:
+        time.sleep(1)
+        for c in (16, 64):
+            r = wrk(port, "/api/user/", c, secs=user_secs, cookie=cookie, label=f"user beside idle-priority busy loops c={c}")
+            rows.append([f"control: GET /api/user/, {c} conn, beside {CORES} SCHED_IDLE busy loops", f"{r['rps']:,.0f} req/s{mark(r)}", f"{r['p50']:.2f} ms", f"{r['p99']:.2f} ms"])
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
     rows.append(["(the flood itself)", f"{flood['rps']:.1f} logins/s{mark(flood)}", "", ""])
 
     scale = []

@@ -20,4 +20,5 @@ cleanup() { scripts/pg.sh stop "$tmp/pg" || true; rm -rf "$tmp"; }
 trap cleanup EXIT
 port=$(PG_MAX_CONNECTIONS=300 scripts/pg.sh start "$tmp/pg")
 cargo build --release --quiet
-PATH="$(scripts/pg.sh bindir):$PATH" python3 scripts/bench.py "$port" "$@"
+cargo build --release --quiet --manifest-path bench/bare/Cargo.toml --target-dir target/bare
+PATH="$(scripts/pg.sh bindir "$tmp/pg"):$PATH" python3 scripts/bench.py "$port" "$@"
