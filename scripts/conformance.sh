@@ -4,11 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCHEMATHESIS_VERSION=4.32.5
+PROMETHEUS_CLIENT_VERSION=0.26.0
 venv=.venv-conformance
-if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION" ||
+  ! "$venv/bin/python" -c "import prometheus_client" 2>/dev/null; then
   echo "conformance: installing schemathesis $SCHEMATHESIS_VERSION into $venv" >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" \
+    "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
 fi
 tmp=$(mktemp -d /tmp/authd-conformance-XXXXXX)
 chmod 755 "$tmp"
@@ -37,6 +40,19 @@ AUTHD_BASE="$base" SCHEMATHESIS_HOOKS=tests.conformance.hooks PYTHONPATH=. \
   "$venv/bin/schemathesis" run openapi.yaml --url "$base" --checks all --max-examples "${CONFORMANCE_EXAMPLES:-40}" \
   --generation-codec ascii --seed "${CONFORMANCE_SEED:-1}" --no-color \
   --report-dir "$tmp/report" "$@" || status=$?
+# /metrics, read by the Prometheus project's own Python parser of the text format.
+if ! curl -fs "$base/metrics" | "$venv/bin/python" -c '
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+families = {f.name: f for f in text_string_to_metric_families(sys.stdin.read())}
+for name in ("authd_http_requests", "authd_http_request_duration_seconds", "authd_logins",
+             "authd_registrations", "authd_db_pool_connections", "authd_queue_depth", "authd_build_info"):
+    assert name in families, name
+print("conformance: /metrics parsed by prometheus_client: %d families" % len(families))
+'; then
+  echo "conformance: /metrics does not parse as the Prometheus text format" >&2
+  status=1
+fi
 if ! kill -0 "$pid" 2>/dev/null; then
   echo "conformance: authd died during the run" >&2
   cat "$tmp/authd.log" >&2

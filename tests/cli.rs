@@ -11,6 +11,10 @@ fn help_lists_the_commands_and_every_setting() {
     let text = String::from_utf8_lossy(&out.stdout);
     for word in [
         "migrate",
+        "check",
+        "create-user",
+        "--superuser",
+        "Exit status",
         "SECRET_KEY",
         "DEBUG",
         "DATABASE_URL",
@@ -30,6 +34,8 @@ fn help_lists_the_commands_and_every_setting() {
         "LOGIN_MAX_FAILURES_PER_IP",
         "LOGIN_WINDOW",
         "ALLOWED_ORIGINS",
+        "METRICS_ENABLED",
+        "TRUSTED_PROXIES",
         "RUST_LOG",
     ] {
         assert!(text.contains(word), "{word} missing from --help");
