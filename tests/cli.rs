@@ -358,3 +358,81 @@ fn check_says_ok_in_one_line_or_why_not_and_exits_one() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("SECRET_KEY"));
 }
+
+/// Runs `authd create-user` on a pseudo-terminal (through python3's pty module, as make
+/// itself needs python3) and types `first` and `second` at its prompts.
+fn create_user_on_a_terminal(db: &TestDb, first: &str, second: &str) -> (String, i32) {
+    const DRIVER: &str = r#"
+import os, pty, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execve(sys.argv[1], ["authd", "create-user", "--email", "tty@example.com", "--name", "Tty"],
+              {"DATABASE_URL": sys.argv[2], "SECRET_KEY": "k" * 40, "BCRYPT_COST": "4", "RUST_LOG": "warn"})
+out = b""
+def wait_for(text):
+    global out
+    end = time.time() + 10
+    while text not in out and time.time() < end:
+        try:
+            out += os.read(fd, 1024)
+        except OSError:
+            return
+wait_for(b"Password: ")
+os.write(fd, sys.argv[3].encode() + b"\n")
+wait_for(b"(again): ")
+os.write(fd, sys.argv[4].encode() + b"\n")
+while True:
+    try:
+        chunk = os.read(fd, 1024)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode())
+sys.exit(os.WEXITSTATUS(status))
+"#;
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            DRIVER,
+            env!("CARGO_BIN_EXE_authd"),
+            &db.url(),
+            first,
+            second,
+        ])
+        .output()
+        .expect("python3 runs the terminal driver");
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+#[test]
+fn create_user_on_a_terminal_prompts_twice_without_echo() {
+    let db = TestDb::new();
+    let (text, code) = create_user_on_a_terminal(&db, "Typed-Secret-1", "Typed-Secret-2");
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("the two passwords differ"), "{text}");
+    // refused before anything was written: not even the schema
+    assert_eq!(
+        db.count("SELECT count(*) FROM pg_tables WHERE tablename = 'accounts_user'"),
+        0
+    );
+
+    let (text, code) = create_user_on_a_terminal(&db, "Typed-Secret-1", "Typed-Secret-1");
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("Password: ") && text.contains("Password (again): "),
+        "{text}"
+    );
+    assert!(text.contains("created user"), "{text}");
+    assert!(
+        !text.contains("Typed-Secret"),
+        "the password was echoed: {text}"
+    );
+    let s = Server::start(&db);
+    s.login("tty@example.com", "Typed-Secret-1").expect(200);
+}
