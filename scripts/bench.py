@@ -246,6 +246,16 @@ def bare_stack(db, cookie):
         proc.wait(timeout=10)
 
 
+def autogroup():
+    """The kernel's session autogrouping (1: CPU is shared between sessions before nice
+    values count, which changes the tails under a login flood; see BENCHMARKS.md)."""
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            return f.read().strip()
+    except OSError:
+        return "n/a"
+
+
 def fill_users(db, total):
     """Grows accounts_user to `total` rows (dummy hashes: these users never log in)."""
     psql(db, f"""INSERT INTO accounts_user (password, is_superuser, first_name, last_name, is_staff,
@@ -279,7 +289,8 @@ def run(db):
     fill_users(db, 1000)
 
     print(f"authd bench: {CORES} cores, {DUR} s per run, BCRYPT_COST=12, default WORKERS and pool, "
-          "RUST_LOG=warn (no access log) unless a row says otherwise", flush=True)
+          "RUST_LOG=warn (no access log) unless a row says otherwise; "
+          f"kernel.sched_autogroup_enabled={autogroup()}", flush=True)
     for c in (1, 16, 64, 256):
         r = wrk(port, "/api/user/", c, cookie=cookie, label=f"GET /api/user/ c={c}", pid=srv.proc.pid)
         rows.append([f"GET /api/user/, {c} conn", f"{r['rps']:,.0f} req/s{mark(r)}", f"{r['p50']:.2f} ms", f"{r['p99']:.2f} ms"])
