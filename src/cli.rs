@@ -83,13 +83,14 @@ fn prompt_hidden(prompt: &str) -> std::io::Result<String> {
     use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
     let stdin = std::io::stdin();
     let mut stderr = std::io::stderr();
-    write!(stderr, "{prompt}")?;
-    stderr.flush()?;
+    // Echo goes off before the prompt shows, so that nothing typed after it is echoed.
     let saved = tcgetattr(&stdin)?;
     let mut quiet = saved.clone();
     quiet.local_modes.remove(LocalModes::ECHO);
     quiet.local_modes.insert(LocalModes::ECHONL);
     tcsetattr(&stdin, OptionalActions::Now, &quiet)?;
+    write!(stderr, "{prompt}")?;
+    stderr.flush()?;
     let mut line = String::new();
     let read = stdin.lock().read_line(&mut line);
     tcsetattr(&stdin, OptionalActions::Now, &saved)?;
