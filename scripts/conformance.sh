@@ -9,7 +9,14 @@ venv=.venv-conformance
 if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION" ||
   ! "$venv/bin/python" -c "import prometheus_client" 2>/dev/null; then
   echo "conformance: installing schemathesis $SCHEMATHESIS_VERSION into $venv" >&2
-  python3 -m venv "$venv"
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    # Debian splits venv out of python3; install it when we can.
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null) >&2
+    fi
+    rm -rf "$venv"
+    python3 -m venv "$venv" || { echo "conformance: python3 -m venv failed (install python3-venv)" >&2; exit 1; }
+  fi
   "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" \
     "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
 fi
