@@ -43,7 +43,8 @@ pid=$!
 for _ in $(seq 100); do curl -fs "$base/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -fs "$base/healthz" >/dev/null || { cat "$tmp/authd.log"; exit 1; }
 status=0
-AUTHD_BASE="$base" SCHEMATHESIS_HOOKS=tests.conformance.hooks PYTHONPATH=. \
+AUTHD_BASE="$base" AUTHD_DSN="postgres://postgres@127.0.0.1:$pgport/conformance" \
+  PATH="$(scripts/pg.sh bindir "$tmp/pg"):$PATH" SCHEMATHESIS_HOOKS=tests.conformance.hooks PYTHONPATH=. \
   "$venv/bin/schemathesis" run openapi.yaml --url "$base" --checks all --max-examples "${CONFORMANCE_EXAMPLES:-40}" \
   --generation-codec ascii --seed "${CONFORMANCE_SEED:-1}" --no-color \
   --report-dir "$tmp/report" "$@" || status=$?

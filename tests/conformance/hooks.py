@@ -2,20 +2,21 @@
 
 - GET /api/user/ gets a fresh session cookie: POST /api/logout/, also under test, revokes
   tokens, so one cookie for the whole run would be revoked halfway.
-- The contract answers a taken email with 400 (DRF's behaviour, API.md), where schemathesis
-  expects 409 for a conflict. schemathesis.toml lets a schema-valid registration get a 400;
-  the check below makes sure that 400 is *only* ever the taken-email one.
+- Each generated registration starts from a database without its email: the fuzzer draws
+  the same small addresses again and again, and a taken email is (rightly) a 400, which
+  would hide whether a schema-valid registration is accepted. The duplicate case itself is
+  covered by the black-box tests.
 """
 import json
 import os
 import secrets
+import subprocess
 import urllib.request
 
 import schemathesis
-from schemathesis import GenerationMode
 
 BASE = os.environ["AUTHD_BASE"]
-TAKEN = {"email": ["user with this email already exists."]}
+DSN = os.environ["AUTHD_DSN"]
 
 
 def _post(path, body):
@@ -43,13 +44,17 @@ class Session:
         case.cookies = {**(case.cookies or {}), "jwt": data}
 
 
-@schemathesis.check
-def schema_valid_registrations_are_refused_only_for_a_taken_email(ctx, response, case):
-    if case.operation.label != "POST /api/register/" or response.status_code != 400:
-        return None
-    if case.meta is None or case.meta.generation.mode != GenerationMode.POSITIVE:
-        return None
-    body = response.json()
-    if body != TAKEN:
-        raise AssertionError(f"a schema-valid registration was refused: {body}")
-    return None
+@schemathesis.hook
+def before_call(context, case, kwargs):
+    if case.operation.label != "POST /api/register/" or not isinstance(case.body, dict):
+        return
+    email = case.body.get("email")
+    if not isinstance(email, str) or "\x00" in email:
+        return
+    trimmed = email.strip(" \t\n\v\f\r")  # as the server trims it
+    # psql interpolates :'email' (quoted as a literal) only in what it reads, not in -c.
+    subprocess.run(
+        ["psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", "-v", f"email={trimmed}", DSN],
+        input="DELETE FROM accounts_user WHERE lower(email) = lower(:'email');\n",
+        text=True, check=True, stdout=subprocess.DEVNULL,
+    )
