@@ -138,7 +138,7 @@ pub fn create_user(config: &Config, opts: &CreateUser, password: &str) -> Result
 pub fn check(config: &Config) -> Result<String, String> {
     let target = db::describe(&config.database);
     let (applied, known) = db::schema_status(&config.database)
-        .map_err(|e| format!("database {target} unreachable: {e}"))?;
+        .map_err(|e| format!("cannot use database {target}: {e}"))?;
     let schema = if applied >= known {
         format!("schema up to date ({applied} migrations)")
     } else {

@@ -44,16 +44,21 @@ impl From<postgres::Error> for DbError {
             ),
             None => true,
         };
-        // postgres::Error's Display is only "db error"; the server's message says what failed.
-        let text = match e.as_db_error() {
-            Some(db) => format!("{} ({})", db.message(), db.code().code()),
-            None => e.to_string(),
-        };
+        let text = error_text(&e);
         if unavailable {
             DbError::Unavailable(text)
         } else {
             DbError::Other(text)
         }
+    }
+}
+
+/// postgres::Error's Display is only "db error" for an error the server sent; its message
+/// says what failed.
+fn error_text(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
     }
 }
 
@@ -360,18 +365,18 @@ pub fn describe(config: &postgres::Config) -> String {
 /// Connects once and reads how many of authd's migrations the database holds:
 /// `(applied, known)`.
 pub fn schema_status(config: &postgres::Config) -> Result<(usize, usize), String> {
-    let mut client = config.connect(NoTls).map_err(|e| e.to_string())?;
+    let mut client = config.connect(NoTls).map_err(|e| error_text(&e))?;
     let exists: bool = client
         .query_one(
             "SELECT to_regclass('authd_schema_migrations') IS NOT NULL",
             &[],
         )
-        .map_err(|e| e.to_string())?
+        .map_err(|e| error_text(&e))?
         .get(0);
     let applied: i64 = if exists {
         client
             .query_one("SELECT count(*) FROM authd_schema_migrations", &[])
-            .map_err(|e| e.to_string())?
+            .map_err(|e| error_text(&e))?
             .get(0)
     } else {
         0

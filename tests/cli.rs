@@ -345,13 +345,28 @@ fn check_says_ok_in_one_line_or_why_not_and_exits_one() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert_eq!(text.trim().lines().count(), 1, "{text}");
     assert!(
-        text.contains("unreachable") && text.contains(&format!("127.0.0.1:{port}/x")),
+        text.contains("cannot use database") && text.contains(&format!("127.0.0.1:{port}/x")),
         "{text}"
     );
     assert!(
         !text.contains("hunter2"),
         "the password is never printed: {text}"
     );
+
+    // reachable, but the server refuses: its own message, not "db error"
+    let mut missing = db.url();
+    missing.push_str("_missing");
+    let out = run(
+        &["check"],
+        &[
+            ("DATABASE_URL", missing),
+            ("SECRET_KEY", SECRET.to_string()),
+        ],
+        "",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("does not exist"), "{text}");
 
     // a bad setting is a failed check too
     let out = run(&["check"], &[("SECRET_KEY", "short".to_string())], "");
