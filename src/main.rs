@@ -133,6 +133,12 @@ fn serve() {
             "SECRET_KEY is not set: using a random key for this run (DEBUG); sessions end at restart"
         );
     }
+    if config.trusted_proxies.trusts_everyone() {
+        log::warn!(
+            "TRUSTED_PROXIES covers every address: any client that reaches authd directly can \
+             choose the address it is throttled and logged as"
+        );
+    }
     let migrated = match db::migrate(&config.database) {
         Ok(_) => true,
         Err(db::MigrateError::Unreachable(e)) => {

@@ -78,6 +78,12 @@ impl TrustedProxies {
         self.0.is_empty()
     }
 
+    /// Whether a range covers every address (`0.0.0.0/0`, `::/0`): then any client that
+    /// connects directly can name its own address.
+    pub fn trusts_everyone(&self) -> bool {
+        self.0.iter().any(|n| n.prefix == 0)
+    }
+
     fn trusts(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|n| n.contains(ip))
     }
