@@ -149,16 +149,18 @@ impl Hasher {
     /// bcrypt work is done against a dummy hash so that timing does not tell. An unusable
     /// (`!…`) or unreadable hash is a mismatch, logged, never an error to the client.
     pub fn verify(&self, password: &str, stored: Option<&str>) -> Verdict {
-        // API.md caps passwords at 72 bytes, what bcrypt reads: longer never matches, even
-        // against a hash format that would read it all.
-        let too_long = password.len() > PASSWORD_MAX_BYTES;
         let parsed = stored.and_then(Stored::parse);
         let (ok, current) = match parsed {
             Some(Stored::Bcrypt { hash, sha256 }) => {
                 let ok = if sha256 {
                     bcrypt::verify(sha256_hex(password), hash)
                 } else {
+                    // Plain bcrypt reads only 72 bytes: a longer password must never match
+                    // on its first 72. The other formats read every byte (a password Django
+                    // took longer than 72 bytes still logs in, and is then moved to
+                    // bcrypt_sha256, which keeps reading every byte).
                     bcrypt::verify(password, hash)
+                        .map(|ok| ok && password.len() <= PASSWORD_MAX_BYTES)
                 }
                 .unwrap_or_else(|e| {
                     log::warn!("stored password hash is unreadable: {e}");
@@ -185,7 +187,7 @@ impl Hasher {
                 (false, false)
             }
         };
-        match (ok && !too_long, current) {
+        match (ok, current) {
             (false, _) => Verdict::Mismatch,
             (true, true) => Verdict::Match,
             (true, false) => Verdict::MatchOutdated,
@@ -257,6 +259,24 @@ mod tests {
         assert_eq!(h.verify(&p72, Some(&stored)), Verdict::Match);
         assert_eq!(
             h.verify(&format!("{p72}y"), Some(&stored)),
+            Verdict::Mismatch
+        );
+    }
+
+    #[test]
+    fn a_django_password_over_72_bytes_logs_in_and_moves_to_bcrypt_sha256_whole() {
+        let h = Hasher::new(4);
+        let long = "Long passphrase for Django ".repeat(4);
+        let long = &long[..100];
+        // PBKDF2-HMAC-SHA256, 1000 iterations, salt "longsalt", as Django encodes it.
+        let stored = "pbkdf2_sha256$1000$longsalt$eCStnIHYXW46aT/xVCj/n3zp89KpNukGN1XaWc6CPyI=";
+        assert_eq!(h.verify(long, Some(stored)), Verdict::MatchOutdated);
+        assert_eq!(h.verify(&long[..72], Some(stored)), Verdict::Mismatch);
+        let moved = h.rehash(long).unwrap();
+        assert_eq!(h.verify(long, Some(&moved)), Verdict::Match);
+        assert_eq!(h.verify(&long[..72], Some(&moved)), Verdict::Mismatch);
+        assert_eq!(
+            h.verify(&format!("{long}x"), Some(&moved)),
             Verdict::Mismatch
         );
     }
