@@ -274,3 +274,22 @@ fn migrate_refuses_emails_that_differ_only_in_case_and_changes_nothing() {
     assert_eq!(texts(&db, ROWS), rows);
     assert_eq!(texts(&db, TABLES), tables, "no table created");
 }
+
+#[test]
+fn a_django_password_longer_than_72_bytes_still_logs_in() {
+    let db = django_db();
+    // PBKDF2-HMAC-SHA256 of this 100-byte password, 1000 iterations, salt "longsalt".
+    let long = &"Long passphrase for Django ".repeat(4)[..100];
+    db.client()
+        .execute(
+            "UPDATE accounts_user SET password = $1 WHERE email = 'pbkdf2-1k@example.com'",
+            &[&"pbkdf2_sha256$1000$longsalt$eCStnIHYXW46aT/xVCj/n3zp89KpNukGN1XaWc6CPyI="],
+        )
+        .unwrap();
+    let s = Server::start(&db);
+    s.login("pbkdf2-1k@example.com", &long[..72]).expect(401);
+    s.login("pbkdf2-1k@example.com", long).expect(200);
+    assert!(password_of(&db, "pbkdf2-1k@example.com").starts_with("bcrypt_sha256$"));
+    s.login("pbkdf2-1k@example.com", long).expect(200);
+    s.login("pbkdf2-1k@example.com", &long[..72]).expect(401);
+}
