@@ -7,6 +7,7 @@ established connections must have sent bytes (`ss -ti`, bytes_acked). A run wher
 is marked INVALID (tiny_http can leave keep-alive connections unserved while wrk reports no
 error), and the bench exits 1.
 """
+import atexit
 import json
 import os
 import re
@@ -98,6 +99,8 @@ class Authd:
         t0 = time.perf_counter()
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([BIN], env=env, stdout=subprocess.DEVNULL, stderr=self.log)
+        # Never left running behind a bench that fails halfway.
+        atexit.register(lambda p=self.proc: p.poll() is None and p.kill())
         while True:
             try:
                 if http(self.port, "GET", "/healthz")[0] == 200:
