@@ -53,12 +53,14 @@ impl From<postgres::Error> for DbError {
     }
 }
 
-/// postgres::Error's Display is only "db error" for an error the server sent; its message
-/// says what failed.
+/// postgres::Error's Display names only the kind ("db error", "error connecting to
+/// server"): the server's message, or the underlying cause, says what failed.
 fn error_text(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+    use std::error::Error as _;
+    match (e.as_db_error(), e.source()) {
+        (Some(db), _) => format!("{} ({})", db.message(), db.code().code()),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
     }
 }
 
@@ -131,7 +133,7 @@ struct QuietErrors;
 
 impl r2d2::HandleError<postgres::Error> for QuietErrors {
     fn handle_error(&self, e: postgres::Error) {
-        log::debug!("database connect failed: {e}");
+        log::debug!("database connect failed: {}", error_text(&e));
     }
 }
 
@@ -386,12 +388,20 @@ pub fn schema_status(config: &postgres::Config) -> Result<(usize, usize), String
 
 /// Applies the schema steps not yet recorded, under an advisory lock; returns how many ran.
 pub fn migrate(config: &postgres::Config) -> Result<usize, MigrateError> {
-    let mut client = config
-        .connect(NoTls)
-        .map_err(|e| MigrateError::Unreachable(format!("cannot connect to the database: {e}")))?;
+    let mut client = config.connect(NoTls).map_err(|e| {
+        MigrateError::Unreachable(format!(
+            "cannot connect to the database: {}",
+            error_text(&e)
+        ))
+    })?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-        .map_err(|e| MigrateError::Unreachable(format!("cannot take the migration lock: {e}")))?;
+        .map_err(|e| {
+            MigrateError::Unreachable(format!(
+                "cannot take the migration lock: {}",
+                error_text(&e)
+            ))
+        })?;
     let result = apply(&mut client).map_err(MigrateError::Failed);
     let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
     result
@@ -402,16 +412,16 @@ pub fn migrate(config: &postgres::Config) -> Result<usize, MigrateError> {
 fn apply(client: &mut Client) -> Result<usize, String> {
     let mut tx = client
         .transaction()
-        .map_err(|e| format!("cannot begin the migration: {e}"))?;
+        .map_err(|e| format!("cannot begin the migration: {}", error_text(&e)))?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS authd_schema_migrations (\
            version integer PRIMARY KEY, name text NOT NULL, \
            applied_at timestamp with time zone NOT NULL DEFAULT now())",
     )
-    .map_err(|e| format!("cannot create authd_schema_migrations: {e}"))?;
+    .map_err(|e| format!("cannot create authd_schema_migrations: {}", error_text(&e)))?;
     let applied: Vec<i32> = tx
         .query("SELECT version FROM authd_schema_migrations", &[])
-        .map_err(|e| format!("cannot read authd_schema_migrations: {e}"))?
+        .map_err(|e| format!("cannot read authd_schema_migrations: {}", error_text(&e)))?
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -424,16 +434,16 @@ fn apply(client: &mut Client) -> Result<usize, String> {
             refuse_case_duplicates(&mut tx)?;
         }
         tx.batch_execute(sql)
-            .map_err(|e| format!("migration {name} failed: {e}"))?;
+            .map_err(|e| format!("migration {name} failed: {}", error_text(&e)))?;
         tx.execute(
             "INSERT INTO authd_schema_migrations (version, name) VALUES ($1, $2)",
             &[version, name],
         )
-        .map_err(|e| format!("migration {name}: {e}"))?;
+        .map_err(|e| format!("migration {name}: {}", error_text(&e)))?;
         ran.push(*name);
     }
     tx.commit()
-        .map_err(|e| format!("cannot commit the migration: {e}"))?;
+        .map_err(|e| format!("cannot commit the migration: {}", error_text(&e)))?;
     for name in &ran {
         log::info!("applied migration {name}");
     }
@@ -445,7 +455,7 @@ fn apply(client: &mut Client) -> Result<usize, String> {
 fn refuse_case_duplicates(client: &mut postgres::Transaction<'_>) -> Result<(), String> {
     let exists: bool = client
         .query_one("SELECT to_regclass('accounts_user') IS NOT NULL", &[])
-        .map_err(|e| e.to_string())?
+        .map_err(|e| error_text(&e))?
         .get(0);
     if !exists {
         return Ok(());
@@ -456,7 +466,7 @@ fn refuse_case_duplicates(client: &mut postgres::Transaction<'_>) -> Result<(), 
              GROUP BY lower(email) HAVING count(*) > 1 ORDER BY 1 LIMIT 20",
             &[],
         )
-        .map_err(|e| e.to_string())?
+        .map_err(|e| error_text(&e))?
         .iter()
         .map(|r| r.get(0))
         .collect();
