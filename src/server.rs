@@ -259,7 +259,8 @@ impl Lanes {
                 self.ctx.metrics.queue(which, -1);
                 let started = Instant::now();
                 let reply = ApiError::Unavailable("request queue is full".into()).into_reply();
-                finish(&self.ctx, rq, reply, started);
+                let client = self.ctx.client_ip(&rq);
+                finish(&self.ctx, rq, reply, started, client);
             }
         }
     }
@@ -377,8 +378,8 @@ fn spawn_workers(
 /// the worker lives on.
 fn handle(ctx: &Ctx, mut rq: tiny_http::Request) {
     let started = Instant::now();
+    let client = ctx.client_ip(&rq);
     let reply = {
-        let client = ctx.client_ip(&rq);
         let mut req = Req::new(&mut rq, client, Some(&ctx.activity));
         match catch_unwind(AssertUnwindSafe(|| dispatch(ctx, &mut req))) {
             Ok(Ok(reply)) => reply,
@@ -386,7 +387,7 @@ fn handle(ctx: &Ctx, mut rq: tiny_http::Request) {
             Err(_) => ApiError::Internal("a handler panicked".into()).into_reply(),
         }
     };
-    finish(ctx, rq, reply, started);
+    finish(ctx, rq, reply, started, client);
 }
 
 fn dispatch(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
@@ -425,8 +426,15 @@ fn dispatch(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
     })
 }
 
-/// Writes the reply with the headers every response carries, and logs one line.
-fn finish(ctx: &Ctx, rq: tiny_http::Request, reply: Reply, started: Instant) {
+/// Writes the reply with the headers every response carries, counts it, and logs one line
+/// naming `client` (the address handlers saw).
+fn finish(
+    ctx: &Ctx,
+    rq: tiny_http::Request,
+    reply: Reply,
+    started: Instant,
+    client: Option<std::net::IpAddr>,
+) {
     let remote = rq.remote_addr().copied();
     let status = reply.status;
     let route = router::route_of(rq.url()).map_or(metrics::OTHER_ROUTE, Route::metrics_index);
@@ -437,10 +445,7 @@ fn finish(ctx: &Ctx, rq: tiny_http::Request, reply: Reply, started: Instant) {
             .take(200)
             .flat_map(char::escape_default)
             .collect();
-        let client = ctx
-            .client_ip(&rq)
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let client = client.map(|a| a.to_string()).unwrap_or_default();
         (rq.method().as_str().to_string(), path, client)
     });
     let mut resp = tiny_http::Response::from_data(reply.body).with_status_code(status);
