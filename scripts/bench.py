@@ -222,6 +222,11 @@ def table(header, rows):
     return "\n".join(lines)
 
 
+def latency_row(label, r):
+    """A table row: label, req/s (marked when invalid), p50, p99."""
+    return [label, f"{r['rps']:,.0f} req/s{mark(r)}", f"{r['p50']:.2f} ms", f"{r['p99']:.2f} ms"]
+
+
 def mark(r):
     return "" if r["ok"] and r["errors"] == 0 and r["non2xx"] == 0 else " INVALID"
 
@@ -296,13 +301,13 @@ def run(db):
           f"kernel.sched_autogroup_enabled={autogroup()}", flush=True)
     for c in (1, 16, 64, 256):
         r = wrk(port, "/api/user/", c, cookie=cookie, label=f"GET /api/user/ c={c}", pid=srv.proc.pid)
-        rows.append([f"GET /api/user/, {c} conn", f"{r['rps']:,.0f} req/s{mark(r)}", f"{r['p50']:.2f} ms", f"{r['p99']:.2f} ms"])
+        rows.append(latency_row(f"GET /api/user/, {c} conn", r))
         print(rows[-1], flush=True)
         if c == 64:
             authd_cpu = r["cpu_us"]
     bare = bare_stack(db, cookie)
     if bare:
-        rows.append(["the bare stack (bench/bare), 64 conn", f"{bare['rps']:,.0f} req/s{mark(bare)}", f"{bare['p50']:.2f} ms", f"{bare['p99']:.2f} ms"])
+        rows.append(latency_row("the bare stack (bench/bare), 64 conn", bare))
         rows.append(["CPU per GET /api/user/ at 64 conn: authd, bare stack", f"{authd_cpu:.0f} us, {bare['cpu_us']:.0f} us", "(process user+system time)", ""])
     rt_user = round_trips(db, port, "/api/user/", cookie)
     rt_health = round_trips(db, port, "/healthz")
@@ -311,9 +316,9 @@ def run(db):
     logged = Authd(db, {"RUST_LOG": "info"})
     r = wrk(logged.port, "/api/user/", 64, cookie=cookie, label="GET /api/user/ c=64, access log on")
     logged.stop()
-    rows.append(["GET /api/user/, 64 conn, access log on (RUST_LOG=info)", f"{r['rps']:,.0f} req/s{mark(r)}", f"{r['p50']:.2f} ms", f"{r['p99']:.2f} ms"])
+    rows.append(latency_row("GET /api/user/, 64 conn, access log on (RUST_LOG=info)", r))
     r = wrk(port, "/healthz", 64, label="GET /healthz c=64")
-    rows.append(["GET /healthz, 64 conn", f"{r['rps']:,.0f} req/s{mark(r)}", f"{r['p50']:.2f} ms", f"{r['p99']:.2f} ms"])
+    rows.append(latency_row("GET /healthz, 64 conn", r))
 
     one = wrk(port, "/api/login/", 1, secs=max(DUR, 5), script=LOGIN, label="login c=1")
     verify_s = one["mean"] / 1000
@@ -339,7 +344,7 @@ def run(db):
     time.sleep(2)
     for c in (16, 64):
         r = wrk(port, "/api/user/", c, secs=user_secs, cookie=cookie, label=f"user under login flood c={c}")
-        rows.append([f"GET /api/user/, {c} conn, during a login flood", f"{r['rps']:,.0f} req/s{mark(r)}", f"{r['p50']:.2f} ms", f"{r['p99']:.2f} ms"])
+        rows.append(latency_row(f"GET /api/user/, {c} conn, during a login flood", r))
     t.join()
     time.sleep(4)  # let the queued logins finish before the next figures
     # The control: the same load while two busy loops at the lowest priority there is
@@ -350,7 +355,7 @@ def run(db):
         time.sleep(1)
         for c in (16, 64):
             r = wrk(port, "/api/user/", c, secs=user_secs, cookie=cookie, label=f"user beside idle-priority busy loops c={c}")
-            rows.append([f"control: GET /api/user/, {c} conn, beside {CORES} SCHED_IDLE busy loops", f"{r['rps']:,.0f} req/s{mark(r)}", f"{r['p50']:.2f} ms", f"{r['p99']:.2f} ms"])
+            rows.append(latency_row(f"control: GET /api/user/, {c} conn, beside {CORES} SCHED_IDLE busy loops", r))
     finally:
         for h in hogs:
             h.kill()
@@ -361,7 +366,7 @@ def run(db):
     for total in (1000, 100_000, 1_000_000):
         fill_users(db, total)
         r = wrk(port, "/api/user/", 64, cookie=cookie, label=f"user c=64 with {total} users")
-        scale.append([f"{total:,} users", f"{r['rps']:,.0f} req/s{mark(r)}", f"{r['p50']:.2f} ms", f"{r['p99']:.2f} ms"])
+        scale.append(latency_row(f"{total:,} users", r))
 
     hwm, rss = srv.vm("VmHWM"), srv.vm("VmRSS")
     srv.stop()
