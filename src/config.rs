@@ -42,6 +42,8 @@ pub struct Config {
     pub keepalive_timeout: Duration,
     /// A request must arrive within this.
     pub read_timeout: Duration,
+    /// Open client connections at most; `None`: worked out from the descriptor limit.
+    pub max_connections: Option<usize>,
     /// Failed logins per email per window before 429.
     pub login_max_failures: i32,
     /// Failed logins per client address per window before 429.
@@ -136,6 +138,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "READ_TIMEOUT",
         "10",
         "seconds a client has to send a request",
+    ),
+    (
+        "MAX_CONNECTIONS",
+        "from the descriptor limit",
+        "open client connections at most",
     ),
     (
         "LOGIN_MAX_FAILURES",
@@ -281,6 +288,10 @@ impl Config {
             max_body_bytes: num(&get, "MAX_BODY_BYTES", 65536, 1, 1 << 30)?,
             keepalive_timeout: secs(&get, "KEEPALIVE_TIMEOUT", 15, 1, 3600)?,
             read_timeout: secs(&get, "READ_TIMEOUT", 10, 1, 3600)?,
+            max_connections: match get("MAX_CONNECTIONS") {
+                None => None,
+                Some(_) => Some(num(&get, "MAX_CONNECTIONS", 0, 1, 1_000_000)?),
+            },
             login_max_failures: num(&get, "LOGIN_MAX_FAILURES", 10, 1, 1_000_000)? as i32,
             login_max_failures_per_ip: num(&get, "LOGIN_MAX_FAILURES_PER_IP", 100, 1, 1_000_000)?
                 as i32,

@@ -20,6 +20,9 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     /// A header (the `Cookie`) is too large.
     HeaderTooLarge,
+    /// Refused by the HTTP layer before any handler (400, 408, 414, 417, 431, 505); the
+    /// connection closes after it.
+    Wire(u16),
     /// Wrong email or password: one message for both.
     InvalidCredentials,
     /// No valid token.
@@ -37,10 +40,50 @@ pub enum ApiError {
         /// The `Allow` header value.
         allow: &'static str,
     },
-    /// Database unreachable, pool exhausted, or the server is overloaded.
-    Unavailable(String),
+    /// Database unreachable, pool exhausted, or the server is overloaded; the cause goes to
+    /// the log only.
+    Unavailable(Cause),
     /// Anything else; the cause goes to the log only.
-    Internal(String),
+    Internal(Cause),
+}
+
+/// What made a request fail with a 5xx: kept whole, so that the log line shows its chain.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiError::Unavailable(c) => write!(f, "service unavailable: {c}"),
+            ApiError::Internal(c) => write!(f, "internal error: {c}"),
+            other => write!(f, "{} {:?}", other.status(), other),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ApiError::Unavailable(c) | ApiError::Internal(c) => Some(c.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+impl ApiError {
+    /// The log line for an error worth logging (5xx): the error and every cause under it.
+    /// Logged once, where the request ends; `None` for the client's own mistakes.
+    pub fn log_line(&self) -> Option<String> {
+        if self.status() < 500 {
+            return None;
+        }
+        let mut line = self.to_string();
+        let mut next = std::error::Error::source(self).and_then(std::error::Error::source);
+        while let Some(cause) = next {
+            line.push_str(&format!(": {cause}"));
+            next = cause.source();
+        }
+        Some(line)
+    }
 }
 
 impl ApiError {
@@ -63,12 +106,14 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Throttled(_) => 429,
             ApiError::HeaderTooLarge => 431,
+            ApiError::Wire(status) => *status,
             ApiError::Internal(_) => 500,
             ApiError::Unavailable(_) => 503,
         }
     }
 
-    /// The response: status, JSON body, and the headers the status needs.
+    /// The response: status, JSON body, and the headers the status needs. Logs nothing:
+    /// the server logs [`ApiError::log_line`] once, where the request ends.
     pub fn into_reply(self) -> Reply {
         let status = self.status();
         let detail = |s: &str| json!({ "detail": s });
@@ -84,6 +129,15 @@ impl ApiError {
                 "Request body is too large (the limit is {limit} bytes)."
             )),
             ApiError::HeaderTooLarge => detail("Request header fields too large."),
+            ApiError::Wire(status) => detail(match status {
+                408 => "The request took too long to arrive.",
+                413 => "Request body is too large.",
+                414 => "The request target is too long.",
+                417 => "Only the expectation 100-continue is supported.",
+                431 => "Request header fields too large.",
+                505 => "Only HTTP/1.0 and HTTP/1.1 are supported.",
+                _ => "Malformed request.",
+            }),
             ApiError::InvalidCredentials => detail("Invalid email or password."),
             ApiError::Unauthenticated => detail("Unauthenticated."),
             ApiError::Throttled(secs) => {
@@ -98,15 +152,11 @@ impl ApiError {
                 headers.push(("Allow", allow.to_string()));
                 detail(&format!("Method \"{method}\" not allowed."))
             }
-            ApiError::Unavailable(cause) => {
-                log::warn!("service unavailable: {cause}");
+            ApiError::Unavailable(_) => {
                 headers.push(("Retry-After", "2".to_string()));
                 detail("Service temporarily unavailable, try again later.")
             }
-            ApiError::Internal(cause) => {
-                log::error!("internal error: {cause}");
-                detail("Internal server error.")
-            }
+            ApiError::Internal(_) => detail("Internal server error."),
         };
         let mut reply = Reply::json(status, &body);
         reply.headers.extend(headers);
@@ -117,8 +167,8 @@ impl ApiError {
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> ApiError {
         match e {
-            DbError::Unavailable(cause) => ApiError::Unavailable(cause),
-            DbError::Other(cause) => ApiError::Internal(cause),
+            DbError::Unavailable(cause) => ApiError::Unavailable(cause.into()),
+            DbError::Other(cause) => ApiError::Internal(cause.into()),
         }
     }
 }
@@ -148,6 +198,8 @@ mod tests {
             ),
             (ApiError::Unavailable("down".into()), 503),
             (ApiError::Internal("secret cause".into()), 500),
+            (ApiError::Wire(431), 431),
+            (ApiError::Wire(505), 505),
         ];
         for (e, status) in cases {
             let r = e.into_reply();

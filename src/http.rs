@@ -1,13 +1,11 @@
-//! The request as handlers see it (headers, a JSON body read within the limit), and the
-//! reply they give back (status, JSON body, headers).
+//! The request as handlers see it (owned: method, target, headers, body, client address),
+//! and the reply they give back (status, JSON body, headers).
 
-use std::io::Read;
 use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
-use crate::guard::Activity;
 
 /// Largest `Cookie` header accepted (all `Cookie` headers together), in bytes.
 pub const MAX_COOKIE_BYTES: usize = 8192;
@@ -53,57 +51,86 @@ impl Reply {
     }
 }
 
-/// One request, as handlers see it.
-pub struct Req<'a> {
-    raw: &'a mut tiny_http::Request,
-    /// The client's address.
-    pub peer: Option<IpAddr>,
-    activity: Option<&'a Activity>,
+/// A request body, as the HTTP layer delivered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// No body (no `Content-Length`, or zero, and not chunked).
+    None,
+    /// The whole body, read before the request reached a worker.
+    Bytes(Vec<u8>),
+    /// Larger than `MAX_BODY_BYTES`: never read.
+    TooLarge,
 }
 
-impl<'a> Req<'a> {
-    /// Wraps a tiny_http request from client address `peer`.
-    pub fn new(
-        raw: &'a mut tiny_http::Request,
-        peer: Option<IpAddr>,
-        activity: Option<&'a Activity>,
-    ) -> Req<'a> {
-        Req {
-            raw,
-            peer,
-            activity,
+/// One request, as handlers see it: owned, with nothing of the transport in it, so that a
+/// handler is a plain function that tests can call in-process ([`Request::fake`]).
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The method, as sent.
+    pub method: String,
+    /// The request target in origin form (path and query).
+    pub target: String,
+    /// Every header in order, names as sent.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Body,
+    /// The client's address: the peer, or the one a trusted proxy forwarded.
+    pub peer: Option<IpAddr>,
+}
+
+impl Request {
+    /// A request built by hand (for in-process tests of handlers): no headers, no body.
+    pub fn fake(method: &str, target: &str) -> Request {
+        Request {
+            method: method.to_string(),
+            target: target.to_string(),
+            headers: Vec::new(),
+            body: Body::None,
+            peer: None,
         }
     }
 
-    /// The method, as sent.
-    pub fn method(&self) -> String {
-        self.raw.method().as_str().to_string()
+    /// The same request with one more header.
+    pub fn with_header(mut self, name: &str, value: &str) -> Request {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
     }
 
-    /// The request target (path and query).
-    pub fn url(&self) -> &str {
-        self.raw.url()
+    /// The same request with a JSON body (and its `Content-Type`).
+    pub fn with_json(self, body: &Value) -> Request {
+        let mut r = self.with_header("Content-Type", "application/json");
+        r.body = Body::Bytes(body.to_string().into_bytes());
+        r
+    }
+
+    /// The same request from client address `peer`.
+    pub fn with_peer(mut self, peer: IpAddr) -> Request {
+        self.peer = Some(peer);
+        self
+    }
+
+    /// The path, without the query string.
+    pub fn path(&self) -> &str {
+        crate::router::path_of(&self.target)
     }
 
     /// The first header called `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.raw
-            .headers()
+        self.headers
             .iter()
-            .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str())
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Every header called `name` (case-insensitive), in order.
     pub fn headers<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s str> + 's {
-        self.raw
-            .headers()
+        self.headers
             .iter()
-            .filter(move |h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str())
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
-    /// The value of the session cookie, if the client sent one. An oversized `Cookie`
+    /// The value of the cookie `name`, if the client sent one. An oversized `Cookie`
     /// header is refused before it is parsed.
     pub fn cookie(&self, name: &str) -> Result<Option<String>, ApiError> {
         let total: usize = self.headers("Cookie").map(str::len).sum();
@@ -116,51 +143,27 @@ impl<'a> Req<'a> {
             .map(str::to_string))
     }
 
-    /// Whether the request carries a body (a non-zero length, or chunked).
-    fn has_body(&self) -> bool {
-        self.header("Transfer-Encoding").is_some() || self.raw.body_length().unwrap_or(0) > 0
-    }
-
-    /// Reads the body as a JSON object, enforcing the media type and `max` bytes (a declared
-    /// length over the limit is refused without reading). No body is an empty object.
-    pub fn json_object(&mut self, max: usize) -> Result<Map<String, Value>, ApiError> {
-        if !self.has_body() {
-            return Ok(Map::new());
-        }
-        let ctype = self.header("Content-Type").unwrap_or("").to_string();
+    /// The body as a JSON object, enforcing the media type and `max` bytes. No body is an
+    /// empty object.
+    pub fn json_object(&self, max: usize) -> Result<Map<String, Value>, ApiError> {
+        let body = match &self.body {
+            Body::None => return Ok(Map::new()),
+            Body::TooLarge => None,
+            Body::Bytes(b) => Some(b),
+        };
+        let ctype = self.header("Content-Type").unwrap_or("");
         let media = ctype.split(';').next().unwrap_or("").trim();
         if !media.eq_ignore_ascii_case("application/json") {
-            return Err(ApiError::UnsupportedMediaType(ctype));
+            return Err(ApiError::UnsupportedMediaType(ctype.to_string()));
         }
-        if self.raw.body_length().unwrap_or(0) > max {
-            return Err(ApiError::PayloadTooLarge(max));
-        }
-        // The guard cuts the connection if the body takes longer than READ_TIMEOUT.
-        let addr = self.raw.remote_addr().copied();
-        let hook = self.activity.zip(addr);
-        if let Some((a, peer)) = hook {
-            a.body_started(peer);
-        }
-        let mut body = Vec::new();
-        let read = self
-            .raw
-            .as_reader()
-            .take(max as u64 + 1)
-            .read_to_end(&mut body);
-        if let Some((a, peer)) = hook {
-            a.body_done(peer);
-        }
-        let declared = self.raw.body_length();
-        if read.is_err() || declared.is_some_and(|n| body.len() < n) {
-            return Err(ApiError::BadRequest("The request body could not be read."));
-        }
-        if body.len() > max {
-            return Err(ApiError::PayloadTooLarge(max));
-        }
+        let body = match body {
+            Some(b) if b.len() <= max => b,
+            _ => return Err(ApiError::PayloadTooLarge(max)),
+        };
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::BadJson("the body is empty".into()));
         }
-        match serde_json::from_slice::<Value>(&body) {
+        match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(m)) => Ok(m),
             Ok(_) => Err(ApiError::BadJson("expected a JSON object".into())),
             Err(e) => Err(ApiError::BadJson(e.to_string())),
@@ -168,36 +171,8 @@ impl<'a> Req<'a> {
     }
 }
 
-/// Refuses requests whose framing tiny_http would get wrong: a `Content-Length` that is not
-/// plain digits, two that disagree, one beside `Transfer-Encoding`, or a transfer coding
-/// other than `chunked` (tiny_http treats every value as chunked).
-pub fn check_framing(req: &Req) -> Result<(), ApiError> {
-    let lengths: Vec<&str> = req.headers("Content-Length").map(str::trim).collect();
-    if lengths
-        .iter()
-        .any(|l| l.is_empty() || !l.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Err(ApiError::BadRequest("Invalid Content-Length header."));
-    }
-    if lengths.windows(2).any(|w| w[0] != w[1]) {
-        return Err(ApiError::BadRequest("Conflicting Content-Length headers."));
-    }
-    let codings: Vec<&str> = req.headers("Transfer-Encoding").collect();
-    if !codings.is_empty() {
-        if !lengths.is_empty() {
-            return Err(ApiError::BadRequest(
-                "Content-Length and Transfer-Encoding together are refused.",
-            ));
-        }
-        if codings.len() > 1 || !codings[0].trim().eq_ignore_ascii_case("chunked") {
-            return Err(ApiError::BadRequest("Unsupported Transfer-Encoding."));
-        }
-    }
-    Ok(())
-}
-
 /// The request's `Origin`, when it is one of `allowed` (for CORS with credentials).
-pub fn cors_origin(req: &Req, allowed: &[String]) -> Option<String> {
+pub fn cors_origin(req: &Request, allowed: &[String]) -> Option<String> {
     let origin = req.header("Origin")?.trim();
     allowed
         .iter()
@@ -215,7 +190,7 @@ pub fn with_cors(reply: Reply, origin: String) -> Reply {
 
 /// CSRF defence for POSTs: an `Origin` must be the server's own (the `Host` it was
 /// addressed as) or one of `allowed`. Requests without `Origin` (curl, servers) pass.
-pub fn check_origin(req: &Req, allowed: &[String]) -> Result<(), ApiError> {
+pub fn check_origin(req: &Request, allowed: &[String]) -> Result<(), ApiError> {
     let Some(origin) = req.header("Origin").map(str::trim) else {
         return Ok(());
     };

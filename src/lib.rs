@@ -9,7 +9,6 @@ pub mod cookie;
 pub mod db;
 pub mod domain;
 pub mod error;
-pub mod guard;
 pub mod http;
 pub mod metrics;
 pub mod password;
@@ -40,8 +39,6 @@ pub struct Ctx {
     pub hasher: Hasher,
     /// How the session cookie is written.
     pub cookie: CookieSpec,
-    /// What the workers report to the connection guard.
-    pub activity: std::sync::Arc<guard::Activity>,
     /// Counters for `GET /metrics`.
     pub metrics: metrics::Metrics,
     migrated: AtomicBool,
@@ -58,7 +55,6 @@ impl Ctx {
                 name: config.cookie_name.clone(),
                 secure: config.cookie_secure,
             },
-            activity: Default::default(),
             metrics: Default::default(),
             migrated: AtomicBool::new(false),
             config,
@@ -82,18 +78,17 @@ impl Ctx {
         self.migrated.load(Ordering::Acquire)
     }
 
-    /// The client's address: the peer, or the one a trusted proxy forwarded.
-    pub fn client_ip(&self, rq: &tiny_http::Request) -> Option<std::net::IpAddr> {
-        let peer = rq.remote_addr()?.ip();
+    /// The client's address: the peer, or the one a trusted proxy forwarded in
+    /// `X-Forwarded-For` (every such header, in order).
+    pub fn client_ip<'a>(
+        &self,
+        peer: std::net::IpAddr,
+        forwarded_for: impl Iterator<Item = &'a str>,
+    ) -> std::net::IpAddr {
         if self.config.trusted_proxies.is_empty() {
-            return Some(peer);
+            return peer;
         }
-        let forwarded = rq
-            .headers()
-            .iter()
-            .filter(|h| h.field.equiv("X-Forwarded-For"))
-            .map(|h| h.value.as_str());
-        Some(self.config.trusted_proxies.client_ip(peer, forwarded))
+        self.config.trusted_proxies.client_ip(peer, forwarded_for)
     }
 
     /// Records that the schema is in place.

@@ -1,15 +1,19 @@
 //! Accept loop, worker pools, graceful shutdown.
 //!
-//! tiny_http reads requests on its own connection threads and queues them; a pump thread
-//! moves each one into one of two bounded lanes: the hashing lane (login, register: bcrypt)
-//! with as many workers as cores, and the fast lane for everything else, so that logins
-//! can saturate the CPU without occupying the workers that cheap requests need.
+//! The patched tiny_http (patches/tiny_http) owns the connections: it reads each head and
+//! body on the connection's own thread, within the limits and deadlines given to
+//! [`tiny_http::Server::with_limits`], and refuses what is malformed before any of this
+//! code sees it. Here one dispatcher routes each request once and queues it on one of two
+//! bounded lanes: the hashing lane (login, register: bcrypt) with as many workers as cores,
+//! and the fast lane for everything else, so that logins can saturate the CPU without
+//! occupying the workers that cheap requests need. A worker turns the request into an
+//! owned [`Request`], runs its handler, and writes the reply.
 
-use std::io;
+use std::io::{self, Cursor, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -17,35 +21,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::http::{self, Reply, Req};
+use crate::http::{self, Body, Reply, Request};
 use crate::metrics::{self, Lane};
-use crate::router::{self, Route};
-use crate::{Config, Ctx, api, db, guard};
-
-/// Set by the panic hook when code inside tiny_http panics: its accept thread panics (rather
-/// than returning an error) when it cannot duplicate an accepted socket for lack of
-/// descriptors, and then nothing accepts any more.
-static TINY_HTTP_PANICKED: AtomicBool = AtomicBool::new(false);
-
-/// Logs panics through `log` (one line, with where), and notes those inside tiny_http.
-fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
-        let place = info
-            .location()
-            .map(|l| format!("{}:{}", l.file(), l.line()))
-            .unwrap_or_default();
-        if place.contains("tiny_http") {
-            TINY_HTTP_PANICKED.store(true, Ordering::Release);
-        }
-        let what = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        log::error!("panic at {place}: {what}");
-    }));
-}
+use crate::router::{self, Matched, Route};
+use crate::{Config, Ctx, api, db};
 
 /// Requests waiting for a fast worker before new ones get 503.
 const FAST_QUEUE: usize = 1024;
@@ -54,13 +33,28 @@ const HASH_QUEUE: usize = 64;
 /// The hashing workers' nice value (see [`spawn_workers`]).
 const HASH_NICE: i32 = 10;
 /// How long in-flight requests get to finish after SIGTERM.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(8);
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(8);
+/// Stack of a connection thread (one per open connection: parsing only).
+const CONNECTION_STACK: usize = 256 * 1024;
+/// Stack of a worker (handlers, bcrypt, the PostgreSQL client).
+const WORKER_STACK: usize = 1024 * 1024;
+/// Longest request line; a longer target gets 414.
+pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+/// Longest header line (431).
+pub const MAX_HEADER_LINE: usize = 8 * 1024;
+/// Most headers in one request (431).
+pub const MAX_HEADERS: usize = 100;
+/// Longest head, request line and headers together (431).
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Unanswered requests of one connection at most; a client that pipelines more waits.
+pub const MAX_PIPELINED: usize = 16;
 
 /// A bound, not yet serving, authd.
 pub struct App {
     ctx: Arc<Ctx>,
     listener: TcpListener,
     addr: SocketAddr,
+    max_connections: usize,
     stop: Shutdown,
 }
 
@@ -92,17 +86,58 @@ impl Shutdown {
     }
 }
 
+/// Raises the soft descriptor limit to the hard one: each open connection needs two.
+pub fn raise_fd_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: lim.maximum,
+                maximum: lim.maximum,
+            },
+        );
+    }
+}
+
+/// `MAX_CONNECTIONS` when unset: what the descriptor limit allows at two descriptors per
+/// connection, after the database pool and some to spare.
+pub fn default_max_connections(db_pool_size: u32) -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 20);
+    let spare = db_pool_size as u64 + 64;
+    (limit.saturating_sub(spare) / 2).clamp(16, 100_000) as usize
+}
+
+/// Logs panics through `log`: one line, with where.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let place = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        log::error!("panic at {place}: {what}");
+    }));
+}
+
 impl App {
     /// Binds the listen address (port 0 picks a free one). `migrated` says whether the
     /// schema is already in place; if not, it is retried in the background while serving.
     pub fn build(config: Config, migrated: bool) -> io::Result<App> {
-        guard::raise_fd_limit();
+        raise_fd_limit();
         let listener = TcpListener::bind(config.bind)?;
         let addr = listener.local_addr()?;
-        // Inherited by accepted sockets: a client that stops reading cannot pin a worker in
-        // a write. (A receive timeout here would also time out accept(), ending tiny_http's
-        // accept thread; the guard keeps read deadlines instead.)
-        socket2::SockRef::from(&listener).set_write_timeout(Some(config.read_timeout))?;
+        let max_connections = config
+            .max_connections
+            .unwrap_or_else(|| default_max_connections(config.db_pool_size));
         let ctx = Arc::new(Ctx::new(config));
         if migrated {
             ctx.set_migrated();
@@ -111,6 +146,7 @@ impl App {
             ctx,
             listener,
             addr,
+            max_connections,
             stop: Shutdown::default(),
         })
     }
@@ -118,6 +154,11 @@ impl App {
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The connection cap in force (`MAX_CONNECTIONS`, or worked out).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
     }
 
     /// A handle that stops [`App::run`].
@@ -130,51 +171,57 @@ impl App {
         let App {
             ctx,
             listener,
+            max_connections,
             stop,
             ..
         } = self;
         install_panic_hook();
         background(&ctx, &stop);
-        guard::spawn(
-            listener.local_addr()?,
-            guard::raw_fd(&listener),
-            ctx.activity.clone(),
-            ctx.config.read_timeout,
-            ctx.config.keepalive_timeout,
-            stop.clone(),
-        );
+        let cfg = &ctx.config;
+        let limits = tiny_http::Limits {
+            max_request_line: MAX_REQUEST_LINE,
+            max_header_line: MAX_HEADER_LINE,
+            max_headers: MAX_HEADERS,
+            max_head: MAX_HEAD,
+            max_buffered_body: cfg.max_body_bytes,
+            read_timeout: cfg.read_timeout,
+            keepalive_timeout: cfg.keepalive_timeout,
+            max_connections,
+            max_pipelined: MAX_PIPELINED,
+            thread_stack_size: CONNECTION_STACK,
+            require_host: true,
+            error_response: refusal,
+        };
+        let server = tiny_http::Server::with_limits(listener, limits).map_err(io::Error::other)?;
         let (fast_tx, fast_rx) = sync_channel(FAST_QUEUE);
         let (hash_tx, hash_rx) = sync_channel(HASH_QUEUE);
-        let mut workers =
-            spawn_workers("worker", Lane::Fast, &ctx, fast_rx, ctx.config.workers, 0)?;
+        let mut workers = spawn_workers("worker", Lane::Fast, &ctx, fast_rx, cfg.workers, 0)?;
         workers.extend(spawn_workers(
             "hasher",
             Lane::Hash,
             &ctx,
             hash_rx,
-            ctx.config.hash_workers,
+            cfg.hash_workers,
             HASH_NICE,
         )?);
+        let (refuse_tx, refuse_rx) = channel();
+        workers.push(spawn_refuser(&ctx, refuse_rx)?);
         let lanes = Lanes {
             ctx: ctx.clone(),
             fast: fast_tx,
             hash: hash_tx,
+            refuse: refuse_tx,
         };
-        let server = tiny_http::Server::from_listener(listener.try_clone()?, None)
-            .map_err(io::Error::other)?;
-        let pumps = Arc::new(Mutex::new(Vec::new()));
-        pump(server, Arc::new(listener), lanes, stop, pumps.clone());
-        // Every pump has stopped taking requests once its successor chain has; join them.
-        loop {
-            let next = pumps.lock().map(|mut p| p.pop()).unwrap_or(None);
-            match next {
-                Some(h) => {
-                    let _ = h.join();
-                }
-                None => break,
+        while !stop.requested() {
+            match server.recv_timeout(Duration::from_millis(200)) {
+                Ok(Some(rq)) => lanes.dispatch(rq),
+                Ok(None) => {}
+                Err(e) => log::warn!("receiving a request failed: {e}"),
             }
         }
-        // The lanes' senders are gone: workers finish what is queued, then exit.
+        // No new connections; the lanes' senders go, so workers finish what is queued.
+        drop(server);
+        drop(lanes);
         let deadline = Instant::now() + DRAIN_DEADLINE;
         for w in workers {
             while !w.is_finished() && Instant::now() < deadline {
@@ -187,6 +234,12 @@ impl App {
         log::info!("stopped");
         Ok(())
     }
+}
+
+/// The answer tiny_http writes itself when it refuses a request (malformed, too large,
+/// too slow, another HTTP version): JSON, as every answer is.
+fn refusal(status: tiny_http::StatusCode) -> tiny_http::Response<Cursor<Vec<u8>>> {
+    to_response(ApiError::Wire(status.0).into_reply())
 }
 
 /// Migration retries, the dummy-hash warm-up, and the purge of expired rows.
@@ -222,114 +275,63 @@ fn background(ctx: &Arc<Ctx>, stop: &Shutdown) {
     });
 }
 
-/// The two bounded queues in front of the worker pools.
-#[derive(Clone)]
+/// A request on its way to a worker, with the router's decision.
+struct Job {
+    rq: tiny_http::Request,
+    routed: Result<Matched, ApiError>,
+    queued: Instant,
+}
+
+/// The two bounded queues in front of the worker pools, and the way to the thread that
+/// answers 503 when one is full.
 struct Lanes {
     ctx: Arc<Ctx>,
-    fast: SyncSender<tiny_http::Request>,
-    hash: SyncSender<tiny_http::Request>,
+    fast: SyncSender<Job>,
+    hash: SyncSender<Job>,
+    refuse: Sender<Job>,
 }
 
 impl Lanes {
-    /// Queues a request on its lane; a full lane answers 503 at once rather than letting
-    /// the request wait unboundedly.
+    /// Routes a request (the only time it is routed) and queues it on its lane; a full
+    /// lane answers 503 at once rather than letting the request wait unboundedly.
     fn dispatch(&self, rq: tiny_http::Request) {
-        if let Some(peer) = rq.remote_addr() {
-            let chunked = rq
-                .headers()
-                .iter()
-                .any(|h| h.field.equiv("Transfer-Encoding"));
-            let body = (!chunked).then(|| rq.body_length()).flatten();
-            self.ctx.activity.begin(*peer, body);
-        }
-        let hashes = matches!(
-            router::route(rq.method().as_str(), rq.url()),
-            Ok(m) if !m.preflight && m.route.hashes()
-        );
+        let routed = router::route(rq.method().as_str(), rq.url());
+        let hashes = matches!(&routed, Ok(m) if !m.preflight && m.route.hashes());
         let (lane, which) = if hashes {
             (&self.hash, Lane::Hash)
         } else {
             (&self.fast, Lane::Fast)
         };
+        let job = Job {
+            rq,
+            routed,
+            queued: Instant::now(),
+        };
         // Counted before the send, so that a worker's decrement never comes first.
         self.ctx.metrics.queue(which, 1);
-        match lane.try_send(rq) {
-            Ok(()) => {}
-            Err(TrySendError::Full(rq)) | Err(TrySendError::Disconnected(rq)) => {
-                self.ctx.metrics.queue(which, -1);
-                let started = Instant::now();
-                let reply = ApiError::Unavailable("request queue is full".into()).into_reply();
-                let client = self.ctx.client_ip(&rq);
-                finish(&self.ctx, rq, reply, started, client);
-            }
+        if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = lane.try_send(job) {
+            self.ctx.metrics.queue(which, -1);
+            // Answered elsewhere: writing it can wait for the connection's earlier answers,
+            // and the dispatcher must never wait. (Unbounded, but no connection has more than
+            // MAX_PIPELINED requests out.)
+            let _ = self.refuse.send(job);
         }
     }
 }
 
-/// Moves requests from one tiny_http server into the lanes until shutdown. tiny_http's
-/// accept thread ends at its first accept error (e.g. out of descriptors); this starts a
-/// successor on the same listening socket, so authd accepts again as soon as it can, while
-/// it keeps serving the connections the old acceptor already holds.
-fn pump(
-    server: tiny_http::Server,
-    listener: Arc<TcpListener>,
-    lanes: Lanes,
-    stop: Shutdown,
-    pumps: Arc<Mutex<Vec<JoinHandle<()>>>>,
-) {
-    let mut successor = false;
-    while !stop.requested() {
-        let failed = match server.recv_timeout(Duration::from_millis(200)) {
-            Ok(Some(rq)) => {
-                lanes.dispatch(rq);
-                None
+/// The thread that answers 503 for requests that found their lane full.
+fn spawn_refuser(ctx: &Arc<Ctx>, rx: Receiver<Job>) -> io::Result<JoinHandle<()>> {
+    let ctx = ctx.clone();
+    thread::Builder::new()
+        .name("refuser".into())
+        .stack_size(WORKER_STACK)
+        .spawn(move || {
+            for job in rx {
+                let e = ApiError::Unavailable("request queue is full".into());
+                let req = owned(&ctx, &job.rq, Body::None);
+                finish(&ctx, job.rq, &req, Err(e), job.queued);
             }
-            Ok(None) => None,
-            Err(e) => Some(e.to_string()),
-        };
-        let failed = failed.or_else(|| {
-            (!successor && TINY_HTTP_PANICKED.swap(false, Ordering::AcqRel))
-                .then(|| "a tiny_http thread panicked (out of descriptors?)".to_string())
-        });
-        if let Some(e) = failed
-            && !successor
-        {
-            successor = true;
-            log::error!("accepting connections failed: {e}; starting a new acceptor");
-            let (listener, lanes, stop, list) =
-                (listener.clone(), lanes.clone(), stop.clone(), pumps.clone());
-            let handle = thread::spawn(move || restart(listener, lanes, stop, list));
-            if let Ok(mut p) = pumps.lock() {
-                p.push(handle);
-            }
-        }
-    }
-}
-
-/// Starts a new tiny_http server on `listener`, backing off while that fails.
-fn restart(
-    listener: Arc<TcpListener>,
-    lanes: Lanes,
-    stop: Shutdown,
-    pumps: Arc<Mutex<Vec<JoinHandle<()>>>>,
-) {
-    let mut backoff = Duration::from_millis(10);
-    while !stop.sleep(backoff) {
-        match listener
-            .try_clone()
-            .map_err(|e| e.to_string())
-            .and_then(|l| tiny_http::Server::from_listener(l, None).map_err(|e| e.to_string()))
-        {
-            Ok(server) => {
-                log::info!("accepting connections again");
-                return pump(server, listener, lanes, stop, pumps);
-            }
-            Err(e) => {
-                log::warn!("cannot restart the acceptor yet: {e}");
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
+        })
 }
 
 /// Starts `n` workers on one lane. `nice` lowers their scheduling priority: the hashing
@@ -339,7 +341,7 @@ fn spawn_workers(
     name: &'static str,
     lane: Lane,
     ctx: &Arc<Ctx>,
-    rx: Receiver<tiny_http::Request>,
+    rx: Receiver<Job>,
     n: usize,
     nice: i32,
 ) -> io::Result<Vec<JoinHandle<()>>> {
@@ -349,6 +351,7 @@ fn spawn_workers(
             let (ctx, rx) = (ctx.clone(), rx.clone());
             thread::Builder::new()
                 .name(format!("{name}-{i}"))
+                .stack_size(WORKER_STACK)
                 .spawn(move || {
                     // Linux keeps a nice value per thread; this one only affects this worker.
                     if nice != 0
@@ -362,9 +365,9 @@ fn spawn_workers(
                             Err(_) => return,
                         };
                         match next {
-                            Ok(rq) => {
+                            Ok(job) => {
                                 ctx.metrics.queue(lane, -1);
-                                handle(&ctx, rq)
+                                handle(&ctx, job)
                             }
                             Err(_) => return,
                         }
@@ -374,26 +377,80 @@ fn spawn_workers(
         .collect()
 }
 
-/// Runs one request through the router and its handler; a panic becomes a logged 500 and
-/// the worker lives on.
-fn handle(ctx: &Ctx, mut rq: tiny_http::Request) {
-    let started = Instant::now();
-    let client = ctx.client_ip(&rq);
-    let reply = {
-        let mut req = Req::new(&mut rq, client, Some(&ctx.activity));
-        match catch_unwind(AssertUnwindSafe(|| dispatch(ctx, &mut req))) {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => e.into_reply(),
-            Err(_) => ApiError::Internal("a handler panicked".into()).into_reply(),
-        }
-    };
-    finish(ctx, rq, reply, started, client);
+/// The request as handlers see it. The body is already in memory (tiny_http read it on
+/// the connection's thread, up to `MAX_BODY_BYTES`); a declared larger one is never read.
+fn owned(ctx: &Ctx, rq: &tiny_http::Request, body: Body) -> Request {
+    let headers: Vec<(String, String)> = rq
+        .headers()
+        .iter()
+        .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
+        .collect();
+    let peer = rq.remote_addr().map(|a| {
+        let forwarded = headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("X-Forwarded-For"))
+            .map(|(_, v)| v.as_str());
+        ctx.client_ip(a.ip(), forwarded)
+    });
+    Request {
+        method: rq.method().as_str().to_string(),
+        target: rq.url().to_string(),
+        headers,
+        body,
+        peer,
+    }
 }
 
-fn dispatch(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
-    http::check_framing(req)?;
-    let method = req.method();
-    let matched = router::route(&method, req.url())?;
+/// Takes the body out of `rq`: from memory, since tiny_http buffered it.
+fn body_of(rq: &mut tiny_http::Request, max: usize) -> io::Result<Body> {
+    let chunked = rq
+        .headers()
+        .iter()
+        .any(|h| h.field.equiv("Transfer-Encoding"));
+    match rq.body_length() {
+        Some(n) if n > max => return Ok(Body::TooLarge),
+        Some(0) => return Ok(Body::None),
+        None if !chunked => return Ok(Body::None),
+        _ => {}
+    }
+    let mut buf = Vec::new();
+    rq.as_reader().take(max as u64 + 1).read_to_end(&mut buf)?;
+    Ok(if buf.len() > max {
+        Body::TooLarge
+    } else {
+        Body::Bytes(buf)
+    })
+}
+
+/// Runs one request through its handler; a panic becomes a logged 500 and the worker
+/// lives on.
+fn handle(ctx: &Ctx, job: Job) {
+    let Job {
+        mut rq,
+        routed,
+        queued,
+    } = job;
+    let (body, unread) = match body_of(&mut rq, ctx.config.max_body_bytes) {
+        Ok(body) => (body, None),
+        Err(e) => (Body::None, Some(e)),
+    };
+    let req = owned(ctx, &rq, body);
+    let result = match unread {
+        Some(e) => {
+            log::debug!("reading a buffered body failed: {e}");
+            Err(ApiError::BadRequest("The request body could not be read."))
+        }
+        None => match routed {
+            Ok(matched) => catch_unwind(AssertUnwindSafe(|| respond(ctx, &req, matched)))
+                .unwrap_or_else(|_| Err(ApiError::Internal("a handler panicked".into()))),
+            Err(e) => Err(e),
+        },
+    };
+    finish(ctx, rq, &req, result, queued);
+}
+
+/// The reply for a routed request: CORS, the CSRF check on unsafe methods, the handler.
+pub fn respond(ctx: &Ctx, req: &Request, matched: Matched) -> Result<Reply, ApiError> {
     let cors = http::cors_origin(req, &ctx.config.allowed_origins);
     if matched.preflight {
         let allow = matched.route.allow();
@@ -406,7 +463,7 @@ fn dispatch(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
         }
         return Ok(reply);
     }
-    if method == "POST" {
+    if !matches!(req.method.as_str(), "GET" | "HEAD" | "OPTIONS") {
         http::check_origin(req, &ctx.config.allowed_origins)?;
     }
     let reply = match matched.route {
@@ -418,37 +475,23 @@ fn dispatch(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
         Route::Readyz => api::health::readyz(ctx, req),
         Route::Metrics => api::meta::metrics(ctx, req),
         Route::OpenApi => api::meta::openapi(ctx, req),
-    }
-    .unwrap_or_else(ApiError::into_reply);
+    };
+    // CORS headers go on errors too, so that an allowed page can read them.
+    let reply = reply.unwrap_or_else(|e| {
+        if let Some(line) = e.log_line() {
+            log::error!("{} {}: {line}", req.method, req.path());
+        }
+        e.into_reply()
+    });
     Ok(match cors {
         Some(origin) => http::with_cors(reply, origin),
         None => reply,
     })
 }
 
-/// Writes the reply with the headers every response carries, counts it, and logs one line
-/// naming `client` (the address handlers saw).
-fn finish(
-    ctx: &Ctx,
-    rq: tiny_http::Request,
-    reply: Reply,
-    started: Instant,
-    client: Option<std::net::IpAddr>,
-) {
-    let remote = rq.remote_addr().copied();
-    let status = reply.status;
-    let route = router::route_of(rq.url()).map_or(metrics::OTHER_ROUTE, Route::metrics_index);
-    // Built only when the access log is on: this runs for every request.
-    let line = log::log_enabled!(target: "authd::access", log::Level::Info).then(|| {
-        let path: String = router::path_of(rq.url())
-            .chars()
-            .take(200)
-            .flat_map(char::escape_default)
-            .collect();
-        let client = client.map(|a| a.to_string()).unwrap_or_default();
-        (rq.method().as_str().to_string(), path, client)
-    });
-    let mut resp = tiny_http::Response::from_data(reply.body).with_status_code(status);
+/// The tiny_http response for a reply, with the headers every response carries.
+fn to_response(reply: Reply) -> tiny_http::Response<Cursor<Vec<u8>>> {
+    let mut resp = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
     let common = [
         ("Content-Type", reply.content_type),
         ("X-Content-Type-Options", "nosniff"),
@@ -463,20 +506,61 @@ fn finish(
             resp.add_header(h);
         }
     }
+    resp
+}
+
+/// At most this many characters of any one field go into an access-log line.
+const LOG_FIELD_CHARS: usize = 200;
+
+/// A field for the access log: control characters (and every non-ASCII character)
+/// escaped, so that no field can start a line or fake another entry; cut at
+/// [`LOG_FIELD_CHARS`].
+pub fn log_field(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(LOG_FIELD_CHARS)
+        .flat_map(char::escape_default)
+        .collect();
+    if s.chars().nth(LOG_FIELD_CHARS).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
+/// Writes the reply (or the error's), counts it, and logs one access line.
+fn finish(
+    ctx: &Ctx,
+    rq: tiny_http::Request,
+    req: &Request,
+    result: Result<Reply, ApiError>,
+    started: Instant,
+) {
+    let reply = result.unwrap_or_else(|e| {
+        if let Some(line) = e.log_line() {
+            log::error!(
+                "{} {}: {line}",
+                log_field(&req.method),
+                log_field(req.path())
+            );
+        }
+        e.into_reply()
+    });
+    let status = reply.status;
+    let route = router::route_of(&req.target).map_or(metrics::OTHER_ROUTE, Route::metrics_index);
     // Counted before the client can read the answer, so that a /metrics it asks for next
     // already includes this request.
     let took = started.elapsed();
     ctx.metrics.request(route, status, took);
-    if let Err(e) = rq.respond(resp) {
+    if let Err(e) = rq.respond(to_response(reply)) {
         log::debug!("writing the response failed: {e}");
     }
-    if let Some(peer) = remote {
-        ctx.activity.end(peer);
-    }
-    if let Some((method, path, client)) = line {
+    if log::log_enabled!(target: "authd::access", log::Level::Info) {
+        let client = req.peer.map(|a| a.to_string()).unwrap_or_default();
         log::info!(
             target: "authd::access",
-            "{method} {path} {status} {:.1}ms {client}",
+            "{} {} {status} {:.1}ms {client}",
+            log_field(&req.method),
+            log_field(req.path()),
             took.as_secs_f64() * 1000.0
         );
     }

@@ -235,6 +235,8 @@ fn after_running_out_of_descriptors_it_accepts_again_without_a_restart() {
     let db = TestDb::new();
     let mut env = base_env(&db);
     env.push(("WORKERS".into(), "2".into()));
+    // A cap above what the descriptors allow, so that accept() itself runs out.
+    env.push(("MAX_CONNECTIONS".into(), "1000".into()));
     let script = format!("ulimit -n 48 && exec {}", env!("CARGO_BIN_EXE_authd"));
     let mut cmd = std::process::Command::new("sh");
     cmd.args(["-c", &script])
@@ -257,6 +259,8 @@ fn after_running_out_of_descriptors_it_accepts_again_without_a_restart() {
     }
     thread::sleep(Duration::from_millis(500));
     assert!(s.alive(), "{}", s.log_text());
+    let threads = threads_of(s.pid());
+    assert!(threads < 80, "{threads} threads while out of descriptors");
     drop(hogs);
     let back = eventually(Duration::from_secs(10), || {
         let mut c = match TcpStream::connect_timeout(&s.addr, Duration::from_millis(500)) {
@@ -270,10 +274,59 @@ fn after_running_out_of_descriptors_it_accepts_again_without_a_restart() {
     });
     assert!(back, "not accepting again: {}", s.log_text());
     assert!(
-        s.log_text().contains("accepting connections failed"),
+        s.log_text().contains("Error accepting new client"),
         "{}",
         s.log_text()
     );
+}
+
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn the_default_connection_cap_keeps_the_server_inside_its_descriptors() {
+    let db = TestDb::new();
+    let mut env = base_env(&db);
+    env.push(("WORKERS".into(), "2".into()));
+    let script = format!("ulimit -n 64 && exec {}", env!("CARGO_BIN_EXE_authd"));
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", &script])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(std::env::temp_dir())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let mut s = Server::from_command(cmd);
+    let mut hogs = Vec::new();
+    for _ in 0..80 {
+        if let Ok(c) = TcpStream::connect_timeout(&s.addr, Duration::from_millis(500)) {
+            hogs.push(c);
+        }
+    }
+    thread::sleep(Duration::from_millis(500));
+    assert!(s.alive(), "{}", s.log_text());
+    // Past the cap, connections wait in the backlog: accept() never ran out.
+    assert!(
+        !s.log_text().contains("Error accepting new client"),
+        "{}",
+        s.log_text()
+    );
+    drop(hogs);
+    assert!(eventually(Duration::from_secs(5), || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            s.get("/healthz", &[]).status == 200
+        }))
+        .unwrap_or(false)
+    }));
 }
 
 #[test]

@@ -6,15 +6,15 @@ use serde_json::json;
 
 use crate::Ctx;
 use crate::error::ApiError;
-use crate::http::{Reply, Req};
+use crate::http::{Reply, Request};
 
 /// Always 200 while the process serves; touches no database.
-pub fn healthz(_ctx: &Ctx, _req: &mut Req) -> Result<Reply, ApiError> {
+pub fn healthz(_ctx: &Ctx, _req: &Request) -> Result<Reply, ApiError> {
     Ok(Reply::json(200, &json!({ "status": "ok" })))
 }
 
 /// 200 when the schema is in place and the database answers a round trip, else 503.
-pub fn readyz(ctx: &Ctx, _req: &mut Req) -> Result<Reply, ApiError> {
+pub fn readyz(ctx: &Ctx, _req: &Request) -> Result<Reply, ApiError> {
     let wait = ctx.config.db_timeout.min(Duration::from_secs(1));
     let ready = ctx.is_migrated()
         && ctx

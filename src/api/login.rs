@@ -6,7 +6,7 @@ use super::{string_field, user_json};
 use crate::Ctx;
 use crate::db::Throttle;
 use crate::error::ApiError;
-use crate::http::{Reply, Req};
+use crate::http::{Reply, Request};
 use crate::metrics::Login;
 use crate::password::Verdict;
 
@@ -15,7 +15,7 @@ const MAX_KEY_CHARS: usize = 320;
 
 /// Logs a user in. Unknown email, wrong password and inactive user all cost one bcrypt
 /// verification and get the same 401; over the throttle's limits, 429 whatever the password.
-pub fn login(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
+pub fn login(ctx: &Ctx, req: &Request) -> Result<Reply, ApiError> {
     let body = req.json_object(ctx.config.max_body_bytes)?;
     let mut errors = Map::new();
     let email = string_field(&body, "email", &mut errors);
@@ -80,7 +80,10 @@ pub fn login(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
     ctx.conn()?
         .login_succeeded(user.id, &email_key, &ip_key, upgrade)?;
     ctx.metrics.login(Login::Succeeded);
-    let issued = ctx.tokens.issue(user.id).map_err(ApiError::Internal)?;
+    let issued = ctx
+        .tokens
+        .issue(user.id)
+        .map_err(|e| ApiError::Internal(e.into()))?;
     Ok(Reply::json(200, &user_json(&user))
         .with("Set-Cookie", ctx.cookie.set(&issued.token, cfg.jwt_ttl)))
 }

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use crate::Ctx;
 use crate::db::User;
 use crate::error::ApiError;
-use crate::http::Req;
+use crate::http::Request;
 use crate::token::Verified;
 
 /// The user as every endpoint shows it.
@@ -22,7 +22,7 @@ pub fn user_json(u: &User) -> Value {
 
 /// The session token the client presented in its cookie, verified; `None` when there is
 /// none or it fails any check (the reason goes to the debug log).
-pub fn presented_token(ctx: &Ctx, req: &Req) -> Result<Option<Verified>, ApiError> {
+pub fn presented_token(ctx: &Ctx, req: &Request) -> Result<Option<Verified>, ApiError> {
     let Some(token) = req.cookie(&ctx.cookie.name)? else {
         return Ok(None);
     };

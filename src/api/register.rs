@@ -7,14 +7,14 @@ use crate::Ctx;
 use crate::db::User;
 use crate::domain::{Email, Name, Password};
 use crate::error::ApiError;
-use crate::http::{Reply, Req};
+use crate::http::{Reply, Request};
 
 /// DRF's message for a taken email (the API's and `authd create-user`'s).
 pub const DUPLICATE_EMAIL: &str = "user with this email already exists.";
 
 /// Validates every field (reporting all bad ones at once), hashes the password, and
 /// inserts the user; a taken email (in any letter case) is a 400 on `email`.
-pub fn register(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
+pub fn register(ctx: &Ctx, req: &Request) -> Result<Reply, ApiError> {
     let body = req.json_object(ctx.config.max_body_bytes)?;
     let mut errors = Map::new();
     let name = string_field(&body, "name", &mut errors);
@@ -27,7 +27,10 @@ pub fn register(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
         return Err(ApiError::Validation(errors));
     };
     // Hash before taking a connection: bcrypt must not hold a pooled connection.
-    let hash = ctx.hasher.hash(&password).map_err(ApiError::Internal)?;
+    let hash = ctx
+        .hasher
+        .hash(&password)
+        .map_err(|e| ApiError::Internal(e.into()))?;
     let id = ctx
         .conn()?
         .insert_user(name.as_str(), email.as_str(), &hash, false)?

@@ -3,11 +3,11 @@
 use super::{presented_token, user_json};
 use crate::Ctx;
 use crate::error::ApiError;
-use crate::http::{Reply, Req};
+use crate::http::{Reply, Request};
 
 /// The current user; 401 when the token is missing, invalid, revoked, or its user is gone
 /// or inactive. One database round trip.
-pub fn current(ctx: &Ctx, req: &mut Req) -> Result<Reply, ApiError> {
+pub fn current(ctx: &Ctx, req: &Request) -> Result<Reply, ApiError> {
     let token = presented_token(ctx, req)?.ok_or(ApiError::Unauthenticated)?;
     let user = ctx
         .conn()?
