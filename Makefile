@@ -1,5 +1,5 @@
 # authd: `make run` serves on 127.0.0.1:8000, `make test` runs every test.
-.PHONY: run test lint conformance tiny-http-test db-stop bench release install clean
+.PHONY: run test smoke lint conformance tiny-http-test db-stop bench release install clean
 
 # tiny_http is patched by cargo itself (patches/tiny_http/build.rs): no step before cargo.
 run:
@@ -7,6 +7,12 @@ run:
 
 test:
 	@scripts/test.sh
+
+# The tutorial's four curl commands, checked, against a server that is already running
+# (`make run` in another terminal); starts nothing itself. `make smoke BASE_URL=…` for another.
+BASE_URL ?= http://127.0.0.1:8000
+smoke:
+	@scripts/seed-curl.sh $(BASE_URL)
 
 lint:
 	cargo fmt --check
@@ -28,10 +34,14 @@ bench:
 db-stop:
 	@scripts/pg.sh stop .pg
 
-# A stripped, optimised binary: target/release/authd.
+# A stripped, optimised binary: target/release/authd, and the version it is (Cargo.toml's).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
 release:
 	cargo build --release
-	@ls -l target/release/authd
+	@built=$$(target/release/authd --version); \
+	  if [ "$$built" != "authd $(VERSION)" ]; then \
+	    echo "release: built '$$built', but Cargo.toml says $(VERSION)" >&2; exit 1; fi; \
+	  echo "release: $$built -> target/release/authd ($$(du -h target/release/authd | cut -f1))"
 
 # The binary and the systemd unit under $(DESTDIR)$(PREFIX) (packagers set DESTDIR).
 PREFIX ?= /usr/local
