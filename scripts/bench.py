@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """`make bench`: load authd (release build, BCRYPT_COST=12) with wrk on this machine and print
-a table. Usage: bench.py PG_PORT [--sweep] [--quick]
+a table. Usage: bench.py PG_PORT [--sweep] [--quick] [--wire-only]
+
+--wire-only runs just the HTTP-layer figures (idle keep-alive connections, slowloris, 16 MiB
+header lines); with AUTHD_BIN=<another authd> they measure another build the same way.
 
 Every wrk run is checked from the kernel's side: midway through, each of the server's
 established connections must have sent bytes (`ss -ti`, bytes_acked). A run where one did not
@@ -20,7 +23,8 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "authd")
+# AUTHD_BIN: another build to measure with the same bench (the "before" of a change).
+BIN = os.environ.get("AUTHD_BIN") or os.path.join(ROOT, "target", "release", "authd")
 BARE = os.path.join(ROOT, "target", "bare", "release", "bare")
 CORES = os.cpu_count() or 1
 QUICK = "--quick" in sys.argv
@@ -272,11 +276,165 @@ def fill_users(db, total):
         FROM generate_series((SELECT count(*) FROM accounts_user) + 1, {total}) g; ANALYZE accounts_user""")
 
 
+def threads_of(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return 0
+
+
+def idle_connections(n=5000, secs=10):
+    """n keep-alive connections, each served once and then idle: authd's CPU over `secs`,
+    its RSS and threads. Goal: < 1% of a core."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    srv = Authd(DB, {"KEEPALIVE_TIMEOUT": "120", "READ_TIMEOUT": "60", "MAX_CONNECTIONS": str(n + 100)})
+    rss0, threads0 = srv.vm("VmRSS"), threads_of(srv.proc.pid)
+    socks = []
+    req = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    try:
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            s.sendall(req)
+            socks.append(s)
+        answered = 0
+        for s in socks:
+            try:
+                if s.recv(4096).startswith(b"HTTP/1.1 200"):
+                    answered += 1
+            except OSError:
+                pass
+        time.sleep(2)
+        cpu0, t0 = cpu_seconds(srv.proc.pid), time.perf_counter()
+        time.sleep(secs)
+        cpu = (cpu_seconds(srv.proc.pid) - cpu0) / (time.perf_counter() - t0)
+        rss, threads = srv.vm("VmRSS"), threads_of(srv.proc.pid)
+        alive = 0
+        for s in socks:
+            s.setblocking(False)
+            try:
+                alive += 1 if s.recv(1) else 0
+            except BlockingIOError:
+                alive += 1
+            except OSError:
+                pass
+    finally:
+        for s in socks:
+            s.close()
+        srv.stop()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return [f"{n} idle keep-alive connections ({answered} answered, {alive} still open)",
+            f"{100 * cpu:.2f}% of a core", f"RSS {rss0:.1f} -> {rss:.1f} MiB", f"threads {threads0} -> {threads}"]
+
+
+def slowloris(read_timeout=2.0, clients=5):
+    """Heads sent one byte per (READ_TIMEOUT - 0.5 s): when each is cut off, from its first
+    byte. Goal: READ_TIMEOUT +- 0.2 s."""
+    srv = Authd(DB, {"READ_TIMEOUT": str(int(read_timeout))})
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100
+    cut = []
+
+    def one():
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+        t0 = time.perf_counter()
+        try:
+            for b in head:
+                s.sendall(bytes([b]))
+                s.settimeout(read_timeout - 0.5)
+                try:
+                    s.recv(4096)
+                    break  # an answer (408) or the close
+                except socket.timeout:
+                    continue
+        except OSError:
+            pass
+        cut.append(time.perf_counter() - t0)
+        s.close()
+    try:
+        ts = [threading.Thread(target=one) for _ in range(clients)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+    finally:
+        srv.stop()
+    return [f"slowloris: {clients} heads at 1 byte per {read_timeout - 0.5:.1f} s, READ_TIMEOUT={read_timeout:.0f}",
+            f"cut after {min(cut):.2f}-{max(cut):.2f} s", "", ""]
+
+
+def huge_headers(clients=100, size=16 << 20):
+    """`clients` connections at once, each sending a 16 MiB header line: how fast each is
+    refused and how much authd's peak RSS grows. Goals: < 100 ms, < 8 MiB."""
+    srv = Authd(DB)
+    hwm0 = srv.vm("VmHWM")
+    chunk = b"a" * 65536
+    took, statuses = [], []
+
+    def one():
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        t0 = time.perf_counter()
+        status = "none"
+        try:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+            sent = 0
+            s.setblocking(False)
+            answer = b""
+            while sent < size:
+                try:
+                    sent += s.send(chunk)
+                except BlockingIOError:
+                    pass
+                try:
+                    got = s.recv(4096)
+                    answer += got
+                    if got == b"" or b"\r\n" in answer:
+                        break
+                except BlockingIOError:
+                    time.sleep(0.001)
+            status = answer.split(b" ")[1].decode() if answer.count(b" ") else "closed"
+        except OSError:
+            status = "reset"
+        took.append(time.perf_counter() - t0)
+        statuses.append(status)
+        s.close()
+    try:
+        ts = [threading.Thread(target=one) for _ in range(clients)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        time.sleep(0.5)
+        grew = srv.vm("VmHWM") - hwm0
+        healthy = http(srv.port, "GET", "/healthz")[0]
+    finally:
+        srv.stop()
+    took.sort()
+    counts = {s: statuses.count(s) for s in set(statuses)}
+    return [f"{clients} clients at once, each a {size >> 20} MiB header line (answers: {counts}; /healthz after: {healthy})",
+            f"refused in {1000 * took[len(took) // 2]:.0f} ms median, {1000 * took[-1]:.0f} ms max",
+            f"peak RSS grew {grew:.1f} MiB", ""]
+
+
+def wire():
+    rows = [idle_connections(), slowloris(), huge_headers()]
+    print()
+    print(f"The HTTP layer ({os.path.basename(BIN)} at {BIN}):")
+    print(table(["what", "result", "", ""], rows))
+
+
+DB = None
+
+
 def main():
+    global DB
     db = "bench_" + secrets.token_hex(4)
+    DB = db
     psql("postgres", f"CREATE DATABASE {db}")
     try:
-        run(db)
+        if "--wire-only" in sys.argv:
+            Authd(db).stop()  # migrates
+            wire()
+        else:
+            run(db)
+            wire()
     finally:
         psql("postgres", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
