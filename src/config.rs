@@ -109,7 +109,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ),
     (
         "DB_NAME DB_USER DB_PASSWORD DB_HOST DB_PORT",
-        "- - - 127.0.0.1 5432",
+        "- postgres - 127.0.0.1 5432",
         "the seed's names",
     ),
     ("BIND", "127.0.0.1:8000", "listen address"),

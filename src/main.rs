@@ -50,8 +50,11 @@ fn main() {
 
 fn help() {
     println!("{USAGE}");
+    // Columns as wide as their longest entry, two spaces apart.
+    let name_width = SETTINGS.iter().map(|(n, _, _)| n.len()).max().unwrap_or(0);
+    let default_width = SETTINGS.iter().map(|(_, d, _)| d.len()).max().unwrap_or(0);
     for (name, default, meaning) in SETTINGS {
-        println!("  {name:<44} {default:<22} {meaning}");
+        println!("  {name:<name_width$}  {default:<default_width$}  {meaning}");
     }
 }
 
