@@ -34,19 +34,21 @@ bench:
 db-stop:
 	@scripts/pg.sh stop .pg
 
-# A stripped, optimised binary: target/release/authd, and the version it is (Cargo.toml's).
+# A stripped, optimised binary: target/release/authd (or under CARGO_TARGET_DIR), and the
+# version it is, which must be Cargo.toml's.
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
+BIN := $(or $(CARGO_TARGET_DIR),target)/release/authd
 release:
 	cargo build --release
-	@built=$$(target/release/authd --version); \
+	@built=$$($(BIN) --version); \
 	  if [ "$$built" != "authd $(VERSION)" ]; then \
 	    echo "release: built '$$built', but Cargo.toml says $(VERSION)" >&2; exit 1; fi; \
-	  echo "release: $$built -> target/release/authd ($$(du -h target/release/authd | cut -f1))"
+	  echo "release: $$built -> $(BIN) ($$(du -h $(BIN) | cut -f1))"
 
 # The binary and the systemd unit under $(DESTDIR)$(PREFIX) (packagers set DESTDIR).
 PREFIX ?= /usr/local
 install: release
-	install -D -m 0755 target/release/authd $(DESTDIR)$(PREFIX)/bin/authd
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/authd
 	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system $(DESTDIR)$(PREFIX)/share/authd
 	sed 's#/usr/local/bin/authd#$(PREFIX)/bin/authd#' deploy/authd.service \
 		> $(DESTDIR)$(PREFIX)/lib/systemd/system/authd.service
