@@ -98,6 +98,7 @@ class Authd:
             "RUST_LOG": "warn",
             # the bench's own clients all come from 127.0.0.1
             "LOGIN_MAX_FAILURES_PER_IP": "1000000",
+            "REGISTER_MAX_PER_IP": "1000000",
         }
         env.update(extra or {})
         t0 = time.perf_counter()

@@ -123,7 +123,7 @@ pub fn create_user(config: &Config, opts: &CreateUser, password: &str) -> Result
         .get()
         .map_err(|e| Refused::Runtime(format!("cannot reach the database: {e}")))?;
     let id = conn
-        .insert_user(name.as_str(), email.as_str(), &hash, opts.superuser)
+        .insert_user(name.as_str(), &email, &hash, opts.superuser)
         .map_err(|e| Refused::Runtime(format!("{e:?}")))?
         .ok_or_else(|| Refused::Input(vec![("email", DUPLICATE_EMAIL.to_string())]))?;
     Ok(User {

@@ -50,6 +50,12 @@ pub struct Config {
     pub login_max_failures_per_ip: i32,
     /// Throttle window.
     pub login_window: Duration,
+    /// Registrations per client address per [`Config::register_window`] before 429.
+    pub register_max_per_ip: i32,
+    /// The registration throttle's window.
+    pub register_window: Duration,
+    /// IPv6 clients are counted per network of this prefix length (IPv4 per address).
+    pub throttle_ipv6_prefix: u8,
     /// Extra origins allowed for cross-origin POSTs and CORS.
     pub allowed_origins: Vec<String>,
     /// Serve `GET /metrics`.
@@ -155,6 +161,21 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "failed logins per address per window",
     ),
     ("LOGIN_WINDOW", "900", "throttle window, seconds"),
+    (
+        "REGISTER_MAX_PER_IP",
+        "20",
+        "registrations per client address per REGISTER_WINDOW",
+    ),
+    (
+        "REGISTER_WINDOW",
+        "3600",
+        "registration throttle window, seconds",
+    ),
+    (
+        "THROTTLE_IPV6_PREFIX",
+        "64",
+        "IPv6 clients are throttled per network of this prefix",
+    ),
     (
         "ALLOWED_ORIGINS",
         "empty",
@@ -296,6 +317,9 @@ impl Config {
             login_max_failures_per_ip: num(&get, "LOGIN_MAX_FAILURES_PER_IP", 100, 1, 1_000_000)?
                 as i32,
             login_window: secs(&get, "LOGIN_WINDOW", 900, 1, 30 * 24 * 3600)?,
+            register_max_per_ip: num(&get, "REGISTER_MAX_PER_IP", 20, 1, 1_000_000)? as i32,
+            register_window: secs(&get, "REGISTER_WINDOW", 3600, 1, 30 * 24 * 3600)?,
+            throttle_ipv6_prefix: num(&get, "THROTTLE_IPV6_PREFIX", 64, 1, 128)? as u8,
             allowed_origins,
             metrics_enabled,
             trusted_proxies,

@@ -18,6 +18,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0002_revocation_and_throttle",
         include_str!("../sql/0002_revocation_and_throttle.sql"),
     ),
+    (
+        3,
+        "0003_email_canonical",
+        include_str!("../sql/0003_email_canonical.sql"),
+    ),
 ];
 
 /// Advisory lock key held while migrating, so that instances starting together take turns.
@@ -78,6 +83,7 @@ pub struct Conn {
 
 struct Stmts {
     current_user: Statement,
+    insert_canonical: Statement,
     user_by_email: Statement,
     insert_user: Statement,
     throttle_hit: Statement,
@@ -177,9 +183,22 @@ impl Conn {
                      WHERE u.id = $1 AND u.is_active \
                      AND NOT EXISTS (SELECT 1 FROM authd_revoked_token r WHERE r.token_key = $2)",
                 )?,
+                // By canonical form; a user without one yet (made by Django since the last
+                // migrate) by its stored spelling, which Rust then checks and records.
                 user_by_email: c.prepare(
-                    "SELECT id, name, email, password, is_active FROM accounts_user \
-                     WHERE lower(email) = lower($1) ORDER BY id LIMIT 1",
+                    "(SELECT u.id, u.name, u.email, u.password, u.is_active, true \
+                      FROM authd_user_email c JOIN accounts_user u ON u.id = c.user_id \
+                      WHERE c.canonical = $1) \
+                     UNION ALL \
+                     (SELECT u.id, u.name, u.email, u.password, u.is_active, false \
+                      FROM accounts_user u WHERE lower(u.email) = lower($2) \
+                      AND NOT EXISTS (SELECT 1 FROM authd_user_email c WHERE c.user_id = u.id) \
+                      ORDER BY u.id LIMIT 1) \
+                     LIMIT 1",
+                )?,
+                insert_canonical: c.prepare(
+                    "INSERT INTO authd_user_email (user_id, canonical) VALUES ($1, $2) \
+                     ON CONFLICT DO NOTHING RETURNING user_id",
                 )?,
                 insert_user: c.prepare(
                     "INSERT INTO accounts_user (password, is_superuser, first_name, last_name, \
@@ -231,11 +250,18 @@ impl Conn {
         }))
     }
 
-    /// The user whose email matches `email` without regard to case.
+    /// The user whose email has the canonical form of `email` (see
+    /// [`crate::domain::email_key`]).
     pub fn user_by_email(&mut self, email: &str) -> Result<Option<LoginUser>, DbError> {
-        let st = self.stmts()?.user_by_email.clone();
-        let row = self.client.query_opt(&st, &[&email])?;
-        Ok(row.map(|r| LoginUser {
+        let key = crate::domain::email_key(email);
+        let (st, insert) = {
+            let s = self.stmts()?;
+            (s.user_by_email.clone(), s.insert_canonical.clone())
+        };
+        let Some(r) = self.client.query_opt(&st, &[&key, &email.trim()])? else {
+            return Ok(None);
+        };
+        let found = LoginUser {
             user: User {
                 id: r.get(0),
                 name: r.get(1),
@@ -243,7 +269,16 @@ impl Conn {
             },
             password: r.get(3),
             is_active: r.get(4),
-        }))
+        };
+        let recorded: bool = r.get(5);
+        if !recorded {
+            // Matched by spelling only: it is this account only if the forms agree.
+            if crate::domain::email_key(&found.user.email) != key {
+                return Ok(None);
+            }
+            self.client.query_opt(&insert, &[&found.user.id, &key])?;
+        }
+        Ok(Some(found))
     }
 
     /// Inserts a user (`superuser`: also staff, as Django's `createsuperuser` makes them);
@@ -251,15 +286,30 @@ impl Conn {
     pub fn insert_user(
         &mut self,
         name: &str,
-        email: &str,
+        email: &crate::domain::Email,
         password_hash: &str,
         superuser: bool,
     ) -> Result<Option<i64>, DbError> {
-        let st = self.stmts()?.insert_user.clone();
-        let row = self
-            .client
-            .query_opt(&st, &[&password_hash, &name, &email, &superuser])?;
-        Ok(row.map(|r| r.get(0)))
+        let (st, canonical) = {
+            let s = self.stmts()?;
+            (s.insert_user.clone(), s.insert_canonical.clone())
+        };
+        // One transaction: a user whose canonical form is taken is never left behind.
+        let mut tx = self.client.transaction()?;
+        let Some(row) = tx.query_opt(&st, &[&password_hash, &name, &email.as_str(), &superuser])?
+        else {
+            return Ok(None);
+        };
+        let id: i64 = row.get(0);
+        if tx
+            .query_opt(&canonical, &[&id, &email.canonical()])?
+            .is_none()
+        {
+            tx.rollback()?;
+            return Ok(None);
+        }
+        tx.commit()?;
+        Ok(Some(id))
     }
 
     /// Counts a login attempt against the email and the client address, and says whether
@@ -291,6 +341,34 @@ impl Conn {
         Ok(wait.map_or(Throttle::Allowed, Throttle::Refused))
     }
 
+    /// Counts a registration against the client address (scope `r` of the throttle table)
+    /// and says whether it may go ahead.
+    pub fn register_hit(
+        &mut self,
+        ip_key: &str,
+        window: Duration,
+        max: i32,
+    ) -> Result<Throttle, DbError> {
+        let r = self.client.query_one(
+            "INSERT INTO authd_login_throttle AS t (scope, key, window_start, failures) \
+             VALUES ('r', $1, now(), 1) \
+             ON CONFLICT (scope, key) DO UPDATE SET \
+               failures = CASE WHEN t.window_start > now() - make_interval(secs => $2) \
+                          THEN t.failures + 1 ELSE 1 END, \
+               window_start = CASE WHEN t.window_start > now() - make_interval(secs => $2) \
+                          THEN t.window_start ELSE now() END \
+             RETURNING t.failures, \
+               ceil(extract(epoch FROM t.window_start + make_interval(secs => $2) - now()))::float8",
+            &[&ip_key, &window.as_secs_f64()],
+        )?;
+        let (count, left): (i32, f64) = (r.get(0), r.get(1));
+        Ok(if count > max {
+            Throttle::Refused(left.max(1.0) as u64)
+        } else {
+            Throttle::Allowed
+        })
+    }
+
     /// After a successful login: reset the email's count, take back the address's attempt,
     /// record `last_login`, and, given `upgrade = (old, new)`, replace the password hash
     /// unless it changed meanwhile. One statement, so all of it happens or none.
@@ -310,9 +388,18 @@ impl Conn {
 
     /// Records a revoked token until its expiry.
     pub fn revoke(&mut self, token_key: &str, user_id: i64, exp: i64) -> Result<(), DbError> {
+        // `to_timestamp` fails outside 4713 BC to 294276 AD ("timestamp out of range"): an
+        // expiry after the year 9999 is stored as `infinity` (the row of a token valid that
+        // long is never purged), one before the year 1 as `-infinity`.
+        const LAST: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+        const FIRST: i64 = -62_135_596_800; // 0001-01-01T00:00:00Z
+        let at = match exp {
+            e if e > LAST => f64::INFINITY,
+            e if e < FIRST => f64::NEG_INFINITY,
+            e => e as f64,
+        };
         let st = self.stmts()?.revoke.clone();
-        self.client
-            .execute(&st, &[&token_key, &user_id, &(exp as f64)])?;
+        self.client.execute(&st, &[&token_key, &user_id, &at])?;
         Ok(())
     }
 
@@ -442,12 +529,81 @@ fn apply(client: &mut Client) -> Result<usize, String> {
         .map_err(|e| format!("migration {name}: {}", error_text(&e)))?;
         ran.push(*name);
     }
+    let filled = record_canonical_emails(&mut tx)?;
     tx.commit()
         .map_err(|e| format!("cannot commit the migration: {}", error_text(&e)))?;
+    if filled > 0 {
+        log::info!("recorded the canonical email of {filled} users");
+    }
     for name in &ran {
         log::info!("applied migration {name}");
     }
     Ok(ran.len())
+}
+
+/// Records the canonical email (computed in Rust) of every user that has none yet: all of
+/// them after the migration that adds the table, and those Django made since. Addresses
+/// whose canonical forms collide (two accounts for one mailbox) are named and nothing is
+/// written: they must be merged or renamed first.
+fn record_canonical_emails(tx: &mut postgres::Transaction<'_>) -> Result<usize, String> {
+    let missing: Vec<(i64, String)> = tx
+        .query(
+            "SELECT u.id, u.email FROM accounts_user u WHERE NOT EXISTS \
+             (SELECT 1 FROM authd_user_email c WHERE c.user_id = u.id) ORDER BY u.id",
+            &[],
+        )
+        .map_err(|e| error_text(&e))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(0);
+    }
+    let mut by_key: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (_, email) in &missing {
+        by_key
+            .entry(crate::domain::email_key(email))
+            .or_default()
+            .push(email.clone());
+    }
+    let keys: Vec<String> = by_key.keys().cloned().collect();
+    for r in tx
+        .query(
+            "SELECT c.canonical, u.email FROM authd_user_email c JOIN accounts_user u \
+             ON u.id = c.user_id WHERE c.canonical = ANY($1)",
+            &[&keys],
+        )
+        .map_err(|e| error_text(&e))?
+    {
+        if let Some(list) = by_key.get_mut(&r.get::<_, String>(0)) {
+            list.push(r.get(1));
+        }
+    }
+    let clashes: Vec<String> = by_key
+        .values()
+        .filter(|v| v.len() > 1)
+        .take(20)
+        .map(|v| v.join(", "))
+        .collect();
+    if !clashes.is_empty() {
+        return Err(format!(
+            "accounts_user holds emails that reach one mailbox (the same canonical form: \
+             letter case, Unicode compatibility forms, invisible characters or IDN spelling), \
+             so they cannot be kept as separate accounts; merge or rename them first: {}",
+            clashes.join("; ")
+        ));
+    }
+    let st = tx
+        .prepare("INSERT INTO authd_user_email (user_id, canonical) VALUES ($1, $2)")
+        .map_err(|e| error_text(&e))?;
+    for (id, email) in &missing {
+        let key: String = crate::domain::email_key(email)
+            .chars()
+            .take(crate::domain::CANONICAL_MAX_CHARS)
+            .collect();
+        tx.execute(&st, &[id, &key]).map_err(|e| error_text(&e))?;
+    }
+    Ok(missing.len())
 }
 
 /// A users table made elsewhere may hold emails that differ only in case; the

@@ -6,9 +6,82 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Name(String);
 
-/// A plausible email address, trimmed, at most 254 characters, domain lowercased.
+/// A plausible email address, trimmed, at most 254 characters, domain lowercased; with
+/// its [`canonical_email`] form, which decides which account it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Email(String);
+pub struct Email {
+    stored: String,
+    canonical: String,
+}
+
+/// The longest canonical form of an address, in characters (the
+/// `authd_user_email.canonical` column).
+pub const CANONICAL_MAX_CHARS: usize = 512;
+
+/// Whether `c` is a default-ignorable code point (zero-width space, joiners, variation
+/// selectors, soft hyphen, ...): invisible, so two addresses that differ only by one look
+/// the same to a person.
+pub fn is_default_ignorable(c: char) -> bool {
+    icu_properties::CodePointSetData::new::<icu_properties::props::DefaultIgnorableCodePoint>()
+        .contains(c)
+}
+
+fn nfkc(s: &str) -> String {
+    icu_normalizer::ComposingNormalizerBorrowed::new_nfkc()
+        .normalize(s)
+        .into_owned()
+}
+
+/// `s` in NFKC with default-ignorable code points removed and outer whitespace trimmed,
+/// case-folded too when `fold`; repeated until it stops changing (removing an invisible
+/// character or folding can leave a string that NFKC changes again).
+fn settle(s: &str, fold: bool) -> String {
+    let mut s = s.to_string();
+    for _ in 0..8 {
+        let mut next: String = nfkc(&s)
+            .chars()
+            .filter(|c| !is_default_ignorable(*c))
+            .collect();
+        if fold {
+            next = nfkc(&icu_casemap::CaseMapper::new().fold_string(&next));
+        }
+        let next = next.trim().to_string();
+        if next == s {
+            break;
+        }
+        s = next;
+    }
+    s
+}
+
+/// The one form of an address used for uniqueness, lookup and throttling, computed here and
+/// nowhere else (no lowercasing in SQL): Unicode NFKC; default-ignorable code points removed;
+/// the domain by UTS #46 to its ASCII (`xn--`) form, lowercased; the local part with full
+/// Unicode case folding. `None` when the domain is not a valid IDNA name or the form is
+/// longer than [`CANONICAL_MAX_CHARS`].
+pub fn canonical_email(raw: &str) -> Option<String> {
+    let visible = settle(raw, false);
+    let (local, domain) = visible.rsplit_once('@')?;
+    if local.is_empty() || domain.is_empty() {
+        return None;
+    }
+    let domain = idna::domain_to_ascii(domain).ok()?;
+    if domain.is_empty() {
+        return None;
+    }
+    let local = settle(local, true);
+    if local.is_empty() {
+        return None;
+    }
+    let canonical = format!("{local}@{domain}");
+    (canonical.chars().count() <= CANONICAL_MAX_CHARS).then_some(canonical)
+}
+
+/// A throttle or lookup key for any input, valid address or not: its canonical form, or
+/// else the whole input folded the same way.
+pub fn email_key(raw: &str) -> String {
+    canonical_email(raw).unwrap_or_else(|| settle(raw, true))
+}
 
 /// A password of 8 to 72 bytes in UTF-8 (bcrypt reads only 72).
 #[derive(Clone, PartialEq, Eq)]
@@ -52,10 +125,17 @@ impl Email {
             return Err("Ensure this field has no more than 254 characters.".into());
         }
         let invalid = || "Enter a valid email address.".to_string();
-        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        // Invisible characters are refused here, and removed in the canonical form, so that
+        // no account holds one and a variant with one still finds the account.
+        if s.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || is_default_ignorable(c))
+        {
             return Err(invalid());
         }
-        let (local, domain) = s.split_once('@').ok_or_else(invalid)?;
+        // The rules hold for the compatibility form (full-width letters and dots count as
+        // the letters and dots they stand for); the address is stored as typed.
+        let n = nfkc(s);
+        let (local, domain) = n.split_once('@').ok_or_else(invalid)?;
         if local.is_empty() || domain.contains('@') || !domain.contains('.') {
             return Err(invalid());
         }
@@ -68,12 +148,24 @@ impl Email {
         if !domain.split('.').all(label_ok) {
             return Err(invalid());
         }
-        Ok(Email(format!("{local}@{}", domain.to_lowercase())))
+        let canonical = canonical_email(s).ok_or_else(invalid)?;
+        let (local, domain) = s.rsplit_once('@').ok_or_else(invalid)?;
+        let stored = format!("{local}@{}", domain.to_lowercase());
+        // Lowercasing can lengthen (İ is two characters in lower case).
+        if stored.chars().count() > 254 {
+            return Err("Ensure this field has no more than 254 characters.".into());
+        }
+        Ok(Email { stored, canonical })
     }
 
-    /// The address as stored (domain lowercased).
+    /// The address as stored (as typed, trimmed, domain lowercased).
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.stored
+    }
+
+    /// The canonical form (see [`canonical_email`]).
+    pub fn canonical(&self) -> &str {
+        &self.canonical
     }
 }
 
@@ -171,6 +263,52 @@ mod tests {
             "zoë@bücher.de"
         );
         assert!(Email::parse("o'brien+tag@example.co.uk").is_ok());
+        assert!(Email::parse("a\u{200B}b@example.com").is_err());
+        assert!(Email::parse("ab@exa\u{AD}mple.com").is_err());
+        // Lower case can be longer than what was typed: still within 254, or refused.
+        let turkish = format!("a@{}.com", "İ".repeat(125));
+        assert!(Email::parse(&turkish).is_err());
+    }
+
+    #[test]
+    fn one_mailbox_one_canonical_form() {
+        let same = [
+            "Alice@Example.com",
+            "alice@EXAMPLE.COM",
+            "ALICE@example.com",
+            "ａｌｉｃｅ@ｅｘａｍｐｌｅ．ｃｏｍ",
+            "al\u{200B}ice@example.com",
+            "alice@exam\u{200D}ple.com",
+            " alice@example.com ",
+        ];
+        for s in same {
+            assert_eq!(
+                canonical_email(s).as_deref(),
+                Some("alice@example.com"),
+                "{s:?}"
+            );
+        }
+        assert_eq!(
+            canonical_email("zoë@BÜCHER.de"),
+            canonical_email("ZOË@xn--bcher-kva.de")
+        );
+        assert_eq!(
+            canonical_email("zoë@bücher.de").as_deref(),
+            Some("zoë@xn--bcher-kva.de")
+        );
+        // Full case folding: ß folds to ss; the Turkish dotted capital I to i + U+0307.
+        assert_eq!(
+            canonical_email("STRAẞE@x.de"),
+            canonical_email("strasse@x.de")
+        );
+        assert_eq!(
+            canonical_email("\u{130}@x.de"),
+            canonical_email("i\u{307}@x.de")
+        );
+        assert_eq!(Email::parse("İ@x.de").unwrap().canonical(), "i\u{307}@x.de");
+        assert!(canonical_email("a@").is_none());
+        assert!(canonical_email("@x.de").is_none());
+        assert_eq!(email_key("  NOT AN ADDRESS "), "not an address");
     }
 
     #[test]
@@ -216,6 +354,39 @@ mod tests {
         fn valid_names_round_trip(s in "[^\\p{Cc}]{1,255}") {
             if let Ok(n) = Name::parse(&s) {
                 prop_assert_eq!(n.as_str(), s.trim());
+            }
+        }
+
+        #[test]
+        fn the_canonical_form_is_idempotent_stable_under_nfkc_and_bounded(s in "\\PC{0,300}") {
+            if let Some(c) = canonical_email(&s) {
+                prop_assert_eq!(canonical_email(&c), Some(c.clone()));
+                prop_assert_eq!(canonical_email(&nfkc(&s)), Some(c.clone()));
+                prop_assert!(c.chars().count() <= CANONICAL_MAX_CHARS);
+                prop_assert!(!c.chars().any(is_default_ignorable));
+            }
+            prop_assert_eq!(email_key(&email_key(&s)), email_key(&s));
+        }
+
+        #[test]
+        fn variants_of_one_mailbox_have_one_canonical_form(
+            local in "[a-zA-Z0-9]{1,12}",
+            domain in "[a-z]{1,10}",
+            at in 0usize..12,
+        ) {
+            let plain = format!("{local}@{domain}.example");
+            let want = canonical_email(&plain).unwrap();
+            let upper = plain.to_uppercase();
+            let full_width: String = format!("{local}@{domain}.example")
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() {
+                    char::from_u32(c as u32 - 0x21 + 0xFF01).unwrap()
+                } else if c == '.' { '\u{FF0E}' } else { c })
+                .collect();
+            let cut = at.min(local.len());
+            let zero_width = format!("{}\u{200B}{}@{domain}.example", &local[..cut], &local[cut..]);
+            for v in [upper, full_width, zero_width] {
+                prop_assert_eq!(canonical_email(&v), Some(want.clone()), "{}", v);
             }
         }
 

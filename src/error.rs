@@ -29,6 +29,8 @@ pub enum ApiError {
     Unauthenticated,
     /// Too many failed logins: retry after this many seconds.
     Throttled(u64),
+    /// Too many registrations from one client address: retry after this many seconds.
+    RegistrationThrottled(u64),
     /// A cross-site POST.
     Forbidden(&'static str),
     /// Unknown path.
@@ -104,7 +106,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::PayloadTooLarge(_) => 413,
             ApiError::UnsupportedMediaType(_) => 415,
-            ApiError::Throttled(_) => 429,
+            ApiError::Throttled(_) | ApiError::RegistrationThrottled(_) => 429,
             ApiError::HeaderTooLarge => 431,
             ApiError::Wire(status) => *status,
             ApiError::Internal(_) => 500,
@@ -144,6 +146,12 @@ impl ApiError {
                 headers.push(("Retry-After", secs.to_string()));
                 detail(&format!(
                     "Too many failed login attempts. Try again in {secs} seconds."
+                ))
+            }
+            ApiError::RegistrationThrottled(secs) => {
+                headers.push(("Retry-After", secs.to_string()));
+                detail(&format!(
+                    "Too many registrations from this address. Try again in {secs} seconds."
                 ))
             }
             ApiError::Forbidden(why) => detail(why),

@@ -178,3 +178,46 @@ mod tests {
         assert_eq!(c(&[" 2001:db8::1 "]), ip("2001:db8::1"));
     }
 }
+
+/// The throttle's key for a client address: an IPv4 address as it is, an IPv6 one as its
+/// network of `v6_prefix` bits (one host usually holds a whole /64, so counting per address
+/// would give it 2^64 buckets). IPv4-mapped IPv6 addresses count as IPv4.
+pub fn throttle_key(ip: IpAddr, v6_prefix: u8) -> String {
+    match canonical(ip) {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => {
+            let bits = u32::from(v6_prefix.min(128));
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
+            let net = std::net::Ipv6Addr::from(u128::from(a) & mask);
+            format!("{net}/{bits}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod throttle_key_tests {
+    use super::throttle_key;
+
+    #[test]
+    fn ipv6_clients_share_their_network_and_ipv4_clients_do_not() {
+        let k = |s: &str| throttle_key(s.parse().unwrap(), 64);
+        assert_eq!(k("2001:db8:1:2:3:4:5:6"), k("2001:db8:1:2:ffff::1"));
+        assert_eq!(k("2001:db8:1:2::9"), "2001:db8:1:2::/64");
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        assert_eq!(k("192.0.2.1"), "192.0.2.1");
+        assert_ne!(k("192.0.2.1"), k("192.0.2.2"));
+        assert_eq!(k("::ffff:192.0.2.1"), "192.0.2.1");
+        assert_eq!(
+            throttle_key("2001:db8::1".parse().unwrap(), 128),
+            "2001:db8::1/128"
+        );
+        assert_eq!(
+            throttle_key("2001:db8::1".parse().unwrap(), 48),
+            "2001:db8::/48"
+        );
+    }
+}

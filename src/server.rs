@@ -265,7 +265,9 @@ fn background(ctx: &Arc<Ctx>, stop: &Shutdown) {
                 .pool
                 .get()
                 .map_err(db::DbError::from)
-                .and_then(|mut conn| conn.purge(c.config.login_window));
+                .and_then(|mut conn| {
+                    conn.purge(c.config.login_window.max(c.config.register_window))
+                });
             match purged {
                 Ok(n) if n > 0 => log::debug!("purged {n} expired rows"),
                 Ok(_) => {}

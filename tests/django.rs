@@ -276,6 +276,61 @@ fn migrate_refuses_emails_that_differ_only_in_case_and_changes_nothing() {
 }
 
 #[test]
+fn migrate_refuses_emails_that_reach_one_mailbox_and_changes_nothing() {
+    let db = django_db();
+    // Not a case duplicate (lower() leaves full-width letters alone), but one mailbox.
+    db.client()
+        .batch_execute(
+            "INSERT INTO accounts_user (password, is_superuser, first_name, last_name, is_staff, \
+             is_active, date_joined, name, email) VALUES ('!x', false, '', '', false, true, \
+             now(), 'Twin', 'ｐｂｋｄｆ２-1k@example.com')",
+        )
+        .unwrap();
+    let (rows, tables) = (texts(&db, ROWS), texts(&db, TABLES));
+    let out = migrate(&db);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ｐｂｋｄｆ２-1k@example.com") && err.contains("pbkdf2-1k@example.com"),
+        "{err}"
+    );
+    assert_eq!(texts(&db, ROWS), rows);
+    assert_eq!(texts(&db, TABLES), tables, "no table created");
+}
+
+#[test]
+fn a_user_django_adds_later_logs_in_by_any_spelling_of_the_address() {
+    let db = django_db();
+    let s = Server::start(&db);
+    s.register("A", "first@example.com", "Password123")
+        .expect(201);
+    // Django (its admin, say) adds a user while authd runs: no canonical row yet.
+    let hash: String = db
+        .client()
+        .query_one(
+            "SELECT password FROM accounts_user WHERE email = 'first@example.com'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    db.client()
+        .execute(
+            "INSERT INTO accounts_user (password, is_superuser, first_name, last_name, is_staff, \
+             is_active, date_joined, name, email) VALUES ($1, false, '', '', false, true, \
+             now(), 'Later', 'Later@Example.com')",
+            &[&hash],
+        )
+        .unwrap();
+    s.login("later@example.com", "Password123").expect(200);
+    // Now recorded: its variants find it, and it cannot be registered again.
+    s.login("ＬＡＴＥＲ@example.com", "Password123").expect(200);
+    let v = s.register("B", "la\u{200B}ter@example.com", "Password123");
+    v.expect(400);
+    s.register("B", "LATER@example.com", "Password123")
+        .expect(400);
+}
+
+#[test]
 fn a_django_password_longer_than_72_bytes_still_logs_in() {
     let db = django_db();
     // PBKDF2-HMAC-SHA256 of this 100-byte password, 1000 iterations, salt "longsalt".

@@ -24,15 +24,18 @@ pub fn login(ctx: &Ctx, req: &Request) -> Result<Reply, ApiError> {
         return Err(ApiError::Validation(errors));
     };
     let email = email.trim();
-    // PostgreSQL text cannot hold NUL: such an email is counted under a stand-in character,
-    // and cannot belong to a user (registration refuses control characters).
-    let email_key: String = email
-        .to_lowercase()
+    // One key per mailbox: the canonical form the account lookup uses too. PostgreSQL text
+    // cannot hold NUL: such an email is counted under a stand-in character, and cannot
+    // belong to a user (registration refuses control characters).
+    let email_key: String = crate::domain::email_key(email)
         .replace('\0', "\u{fffd}")
         .chars()
         .take(MAX_KEY_CHARS)
         .collect();
-    let ip_key = req.peer.map(|ip| ip.to_string()).unwrap_or_default();
+    let ip_key = req
+        .peer
+        .map(|ip| crate::proxy::throttle_key(ip, ctx.config.throttle_ipv6_prefix))
+        .unwrap_or_default();
     let cfg = &ctx.config;
 
     let found = {

@@ -4,7 +4,7 @@ use serde_json::{Map, json};
 
 use super::{string_field, user_json};
 use crate::Ctx;
-use crate::db::User;
+use crate::db::{Throttle, User};
 use crate::domain::{Email, Name, Password};
 use crate::error::ApiError;
 use crate::http::{Reply, Request};
@@ -26,6 +26,20 @@ pub fn register(ctx: &Ctx, req: &Request) -> Result<Reply, ApiError> {
     let (Some(name), Some(email), Some(password)) = (name, email, password) else {
         return Err(ApiError::Validation(errors));
     };
+    // Counted per client address before any hashing: registration is the costly path
+    // with no password to guess, so it has its own limit.
+    let ip_key = req
+        .peer
+        .map(|ip| crate::proxy::throttle_key(ip, ctx.config.throttle_ipv6_prefix))
+        .unwrap_or_default();
+    let cfg = &ctx.config;
+    if let Throttle::Refused(secs) =
+        ctx.conn()?
+            .register_hit(&ip_key, cfg.register_window, cfg.register_max_per_ip)?
+    {
+        log::info!("registration throttled");
+        return Err(ApiError::RegistrationThrottled(secs));
+    }
     // Hash before taking a connection: bcrypt must not hold a pooled connection.
     let hash = ctx
         .hasher
@@ -33,7 +47,7 @@ pub fn register(ctx: &Ctx, req: &Request) -> Result<Reply, ApiError> {
         .map_err(|e| ApiError::Internal(e.into()))?;
     let id = ctx
         .conn()?
-        .insert_user(name.as_str(), email.as_str(), &hash, false)?
+        .insert_user(name.as_str(), &email, &hash, false)?
         .ok_or_else(|| ApiError::field("email", DUPLICATE_EMAIL))?;
     ctx.metrics.registered();
     let user = User {
