@@ -1,5 +1,5 @@
-//! The administrative commands: `authd create-user` (the seed's `createsuperuser`) and
-//! `authd check`. `main.rs` turns their results into output and exit codes.
+//! The administrative commands: `authd create-user` (the seed's `createsuperuser`),
+//! `authd revoke-sessions`, `authd deactivate-user` and `authd check`. `main.rs` turns their results into output and exit codes.
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -131,6 +131,46 @@ pub fn create_user(config: &Config, opts: &CreateUser, password: &str) -> Result
         name: name.as_str().to_string(),
         email: email.as_str().to_string(),
     })
+}
+
+/// `--email E` (or `--email=E`), the only option of `revoke-sessions` and `deactivate-user`.
+pub fn email_option(args: &[&str]) -> Result<String, String> {
+    match args {
+        ["--email", e] => Ok(e.to_string()),
+        [one] if one.starts_with("--email=") => Ok(one["--email=".len()..].to_string()),
+        [] => Err("--email is required".into()),
+        _ => Err(format!("unexpected arguments {args:?}")),
+    }
+}
+
+/// What an account command did: the user's id and how many sessions ended; `None` when no
+/// account has that address.
+pub type Ended = Option<(i64, u64)>;
+
+fn account_conn(config: &Config) -> Result<r2d2::PooledConnection<db::Manager>, String> {
+    db::migrate(&config.database).map_err(|e| e.to_string())?;
+    db::pool(&config.database, 1, config.db_timeout)
+        .get()
+        .map_err(|e| format!("cannot reach the database: {e}"))
+}
+
+/// Ends every session of the account of `email` (its access tokens die with them).
+pub fn revoke_sessions(config: &Config, email: &str) -> Result<Ended, String> {
+    let mut conn = account_conn(config)?;
+    let Some(user) = conn.user_by_email(email).map_err(|e| format!("{e:?}"))? else {
+        return Ok(None);
+    };
+    let n = conn
+        .revoke_sessions(user.user.id, None, "operator")
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(Some((user.user.id, n)))
+}
+
+/// Sets the account of `email` inactive (login refused) and ends every session of it.
+pub fn deactivate_user(config: &Config, email: &str) -> Result<Ended, String> {
+    account_conn(config)?
+        .deactivate(email)
+        .map_err(|e| format!("{e:?}"))
 }
 
 /// The configuration is valid (it was loaded) and the database answers: a line that says

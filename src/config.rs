@@ -34,6 +34,16 @@ pub struct Config {
     pub cookie_secure: bool,
     /// Cookie name (`jwt` or `__Host-jwt`).
     pub cookie_name: String,
+    /// The refresh token's cookie (`refresh` or `__Host-refresh`).
+    pub refresh_cookie_name: String,
+    /// Add `Secure` to the refresh cookie (as `cookie_secure`, forced by a `__Host-` name).
+    pub refresh_cookie_secure: bool,
+    /// How long a just-rotated refresh token still gets the current pair.
+    pub refresh_reuse_grace: Duration,
+    /// A session not refreshed for this long ends.
+    pub session_idle_timeout: Duration,
+    /// A session ends this long after its login, however often refreshed.
+    pub session_max_age: Duration,
     /// bcrypt work factor.
     pub bcrypt_cost: u32,
     /// Largest accepted request body.
@@ -132,6 +142,26 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "COOKIE_NAME",
         "jwt",
         "cookie name; __Host-jwt for production",
+    ),
+    (
+        "REFRESH_COOKIE_NAME",
+        "refresh",
+        "refresh token cookie; __Host-refresh for production",
+    ),
+    (
+        "REFRESH_REUSE_GRACE",
+        "10",
+        "seconds a just-rotated refresh token still gets the current pair",
+    ),
+    (
+        "SESSION_IDLE_TIMEOUT",
+        "604800",
+        "seconds without a refresh after which a session ends",
+    ),
+    (
+        "SESSION_MAX_AGE",
+        "2592000",
+        "seconds after login at which a session ends, refreshed or not",
     ),
     ("BCRYPT_COST", "12", "bcrypt work factor, 4 to 31"),
     ("MAX_BODY_BYTES", "65536", "larger bodies get 413"),
@@ -266,6 +296,30 @@ impl Config {
             }
         } || cookie_name.starts_with("__Host-")
             || cookie_name.starts_with("__Secure-");
+        let refresh_cookie_name = get("REFRESH_COOKIE_NAME").unwrap_or_else(|| "refresh".into());
+        if !refresh_cookie_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(err(
+                "REFRESH_COOKIE_NAME",
+                "letters, digits, '-', '_' and '.' only",
+            ));
+        }
+        if refresh_cookie_name == cookie_name {
+            return Err(err("REFRESH_COOKIE_NAME", "must differ from COOKIE_NAME"));
+        }
+        let refresh_cookie_secure = cookie_secure
+            || refresh_cookie_name.starts_with("__Host-")
+            || refresh_cookie_name.starts_with("__Secure-");
+        let session_max_age = secs(&get, "SESSION_MAX_AGE", 2_592_000, 1, 10 * 365 * 24 * 3600)?;
+        let session_idle_timeout = secs(
+            &get,
+            "SESSION_IDLE_TIMEOUT",
+            604_800,
+            1,
+            10 * 365 * 24 * 3600,
+        )?;
         let allowed_origins = get("ALLOWED_ORIGINS")
             .map(|v| {
                 v.split(',')
@@ -305,6 +359,11 @@ impl Config {
             jwt_ttl: secs(&get, "JWT_TTL", 3600, 1, 365 * 24 * 3600)?,
             cookie_secure,
             cookie_name,
+            refresh_cookie_name,
+            refresh_cookie_secure,
+            refresh_reuse_grace: secs(&get, "REFRESH_REUSE_GRACE", 10, 0, 3600)?,
+            session_idle_timeout,
+            session_max_age,
             bcrypt_cost: num(&get, "BCRYPT_COST", 12, 4, 31)? as u32,
             max_body_bytes: num(&get, "MAX_BODY_BYTES", 65536, 1, 1 << 30)?,
             keepalive_timeout: secs(&get, "KEEPALIVE_TIMEOUT", 15, 1, 3600)?,

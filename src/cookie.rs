@@ -30,16 +30,19 @@ pub struct CookieSpec {
     pub name: String,
     /// Add the `Secure` attribute.
     pub secure: bool,
+    /// `SameSite`: `Lax` for the access token, `Strict` for the refresh token.
+    pub same_site: &'static str,
 }
 
 impl CookieSpec {
     /// `Set-Cookie` value that stores `token` for `ttl`.
     pub fn set(&self, token: &str, ttl: Duration) -> String {
         format!(
-            "{}={}; HttpOnly; Path=/; Max-Age={}; SameSite=Lax{}",
+            "{}={}; HttpOnly; Path=/; Max-Age={}; SameSite={}{}",
             self.name,
             token,
             ttl.as_secs(),
+            self.same_site,
             self.secure_attr()
         )
     }
@@ -47,8 +50,9 @@ impl CookieSpec {
     /// `Set-Cookie` value that clears the cookie, with the same attributes.
     pub fn clear(&self) -> String {
         format!(
-            "{}=; HttpOnly; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; SameSite=Lax{}",
+            "{}=; HttpOnly; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; SameSite={}{}",
             self.name,
+            self.same_site,
             self.secure_attr()
         )
     }
@@ -100,6 +104,7 @@ mod tests {
         let spec = CookieSpec {
             name: "jwt".into(),
             secure: true,
+            same_site: "Lax",
         };
         let s = spec.set("tok", Duration::from_secs(3600));
         assert_eq!(
@@ -112,6 +117,7 @@ mod tests {
         let dev = CookieSpec {
             name: "jwt".into(),
             secure: false,
+            same_site: "Lax",
         };
         assert!(!dev.set("t", Duration::from_secs(1)).contains("Secure"));
     }

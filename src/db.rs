@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0003_email_canonical",
         include_str!("../sql/0003_email_canonical.sql"),
     ),
+    (4, "0004_sessions", include_str!("../sql/0004_sessions.sql")),
 ];
 
 /// Advisory lock key held while migrating, so that instances starting together take turns.
@@ -83,6 +84,7 @@ pub struct Conn {
 
 struct Stmts {
     current_user: Statement,
+    current_session_user: Statement,
     insert_canonical: Statement,
     user_by_email: Statement,
     insert_user: Statement,
@@ -225,10 +227,21 @@ impl Conn {
                        ORDER BY scope, key FOR UPDATE), \
                      reset AS (UPDATE authd_login_throttle t SET failures = \
                        CASE WHEN t.scope = 'e' THEN 0 ELSE greatest(t.failures - 1, 0) END \
-                       FROM locked l WHERE t.scope = l.scope AND t.key = l.key) \
-                     UPDATE accounts_user SET last_login = now(), \
+                       FROM locked l WHERE t.scope = l.scope AND t.key = l.key), \
+                     u AS (UPDATE accounts_user SET last_login = now(), \
                        password = CASE WHEN password = $4 THEN $5 ELSE password END \
-                     WHERE id = $1",
+                     WHERE id = $1 RETURNING id) \
+                     INSERT INTO authd_session (user_id, idle_expires_at, expires_at, user_agent, ip) \
+                     SELECT u.id, least(now() + make_interval(secs => $6), now() + make_interval(secs => $7)), \
+                       now() + make_interval(secs => $7), $8, $9 FROM u \
+                     RETURNING id, generation, extract(epoch FROM expires_at - now())::float8, \
+                       extract(epoch FROM idle_expires_at - now())::float8",
+                )?,
+                current_session_user: c.prepare(
+                    "SELECT u.id, u.name, u.email FROM accounts_user u \
+                     JOIN authd_session s ON s.user_id = u.id \
+                     WHERE s.id = $2 AND u.id = $1 AND u.is_active AND s.revoked_at IS NULL \
+                     AND s.expires_at > now() AND s.idle_expires_at > now()",
                 )?,
                 revoke: c.prepare(
                     "INSERT INTO authd_revoked_token (token_key, user_id, expires_at) \
@@ -372,18 +385,45 @@ impl Conn {
     /// After a successful login: reset the email's count, take back the address's attempt,
     /// record `last_login`, and, given `upgrade = (old, new)`, replace the password hash
     /// unless it changed meanwhile. One statement, so all of it happens or none.
+    /// ... and starts a session (`lifetimes`, seen from `client`), in the same statement.
     pub fn login_succeeded(
         &mut self,
         user_id: i64,
         email_key: &str,
         ip_key: &str,
         upgrade: Option<(&str, &str)>,
-    ) -> Result<(), DbError> {
+        lifetimes: &Lifetimes,
+        client: &SessionClient,
+    ) -> Result<SessionPair, DbError> {
         let st = self.stmts()?.login_succeeded.clone();
         let (old, new) = (upgrade.map(|u| u.0), upgrade.map(|u| u.1));
-        self.client
-            .execute(&st, &[&user_id, &email_key, &ip_key, &old, &new])?;
-        Ok(())
+        let row = self.client.query_one(
+            &st,
+            &[
+                &user_id,
+                &email_key,
+                &ip_key,
+                &old,
+                &new,
+                &lifetimes.idle.as_secs_f64(),
+                &lifetimes.max_age.as_secs_f64(),
+                &client.user_agent,
+                &client.ip,
+            ],
+        )?;
+        Ok(SessionPair::from_row(user_id, &row))
+    }
+
+    /// The active user `id` if session `session` is live (not revoked, not past its idle
+    /// or absolute end): one round trip, one primary-key probe.
+    pub fn current_session_user(&mut self, id: i64, session: i64) -> Result<Option<User>, DbError> {
+        let st = self.stmts()?.current_session_user.clone();
+        let row = self.client.query_opt(&st, &[&id, &session])?;
+        Ok(row.map(|r| User {
+            id: r.get(0),
+            name: r.get(1),
+            email: r.get(2),
+        }))
     }
 
     /// Records a revoked token until its expiry.
@@ -419,7 +459,13 @@ impl Conn {
             "DELETE FROM authd_login_throttle WHERE window_start < now() - make_interval(secs => $1)",
             &[&window.as_secs_f64()],
         )?;
-        Ok(a + b)
+        // Ended sessions (an access token of theirs then finds no row: 401 as before).
+        let c = self.client.execute(
+            "DELETE FROM authd_session WHERE least(expires_at, idle_expires_at, revoked_at) \
+             < now() - interval '1 minute'",
+            &[],
+        )?;
+        Ok(a + b + c)
     }
 }
 
@@ -604,6 +650,300 @@ fn record_canonical_emails(tx: &mut postgres::Transaction<'_>) -> Result<usize, 
         tx.execute(&st, &[id, &key]).map_err(|e| error_text(&e))?;
     }
     Ok(missing.len())
+}
+
+/// How long sessions live (`SESSION_IDLE_TIMEOUT`, `SESSION_MAX_AGE`, `REFRESH_REUSE_GRACE`).
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    /// Ends after this long without a refresh.
+    pub idle: Duration,
+    /// Ends this long after its login.
+    pub max_age: Duration,
+    /// A just-retired refresh token still gets the current pair this long.
+    pub grace: Duration,
+}
+
+/// Who a session belongs to, as its list shows it: those of the last login or refresh.
+#[derive(Debug, Clone, Default)]
+pub struct SessionClient {
+    /// `User-Agent`, cut to 512 characters.
+    pub user_agent: String,
+    /// Client address.
+    pub ip: String,
+}
+
+/// A session's current generation and how long it has left (database clock, seconds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SessionPair {
+    /// Its user.
+    pub user_id: i64,
+    /// The session id.
+    pub session: i64,
+    /// The current refresh-token generation.
+    pub generation: i32,
+    /// Seconds until the absolute end.
+    pub left: f64,
+    /// Seconds until the idle end (never past the absolute one).
+    pub idle_left: f64,
+}
+
+impl SessionPair {
+    fn from_row(user_id: i64, r: &postgres::Row) -> SessionPair {
+        SessionPair {
+            user_id,
+            session: r.get(0),
+            generation: r.get(1),
+            left: r.get(2),
+            idle_left: r.get(3),
+        }
+    }
+}
+
+/// What a refresh came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refreshed {
+    /// Rotated: a new generation.
+    Rotated(SessionPair),
+    /// The token just retired, within the grace: the current generation again.
+    Again(SessionPair),
+    /// A retired token past the grace (or older): the session is now revoked.
+    Reused { session: i64 },
+    /// No such session, or revoked, expired, or its user inactive.
+    Dead,
+    /// The session's lock was not free within 2 s.
+    Busy,
+}
+
+/// One live session, for `GET /api/sessions/`.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Session id.
+    pub id: i64,
+    /// Login time, ISO 8601 UTC.
+    pub created_at: String,
+    /// Last login or refresh, ISO 8601 UTC.
+    pub last_used_at: String,
+    /// When it ends unless refreshed (the idle end, never past the absolute one).
+    pub expires_at: String,
+    /// `User-Agent` of the last login or refresh.
+    pub user_agent: String,
+    /// Client address of the last login or refresh.
+    pub ip: String,
+}
+
+const ISO: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
+
+impl Conn {
+    /// Rotates session `session` presented at `generation`, under the row's lock (at most
+    /// 2 s): the current generation rotates; the one just retired, within the grace of that
+    /// rotation, gets the current one again (the grace is not extended); an older one is
+    /// reuse and revokes the session.
+    pub fn refresh(
+        &mut self,
+        session: i64,
+        generation: i32,
+        lifetimes: &Lifetimes,
+        client: &SessionClient,
+    ) -> Result<Refreshed, DbError> {
+        let mut tx = self.client.transaction()?;
+        tx.batch_execute("SET LOCAL lock_timeout = '2s'")?;
+        let row = match tx.query_opt(
+            "SELECT s.user_id, s.generation, s.revoked_at IS NULL AND s.expires_at > now() \
+               AND s.idle_expires_at > now() AND u.is_active, \
+               s.rotated_at IS NOT NULL AND now() < s.rotated_at + make_interval(secs => $2), \
+               extract(epoch FROM s.expires_at - now())::float8, \
+               extract(epoch FROM s.idle_expires_at - now())::float8 \
+             FROM authd_session s JOIN accounts_user u ON u.id = s.user_id \
+             WHERE s.id = $1 FOR UPDATE OF s",
+            &[&session, &lifetimes.grace.as_secs_f64()],
+        ) {
+            Ok(row) => row,
+            Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                return Ok(Refreshed::Busy);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(row) = row else {
+            return Ok(Refreshed::Dead);
+        };
+        let (user_id, current, live, in_grace): (i64, i32, bool, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        if !live {
+            return Ok(Refreshed::Dead);
+        }
+        let outcome = if generation == current {
+            let r = tx.query_one(
+                "UPDATE authd_session SET generation = generation + 1, rotated_at = now(), \
+                   last_used_at = now(), \
+                   idle_expires_at = least(now() + make_interval(secs => $2), expires_at), \
+                   user_agent = $3, ip = $4 \
+                 WHERE id = $1 RETURNING id, generation, \
+                   extract(epoch FROM expires_at - now())::float8, \
+                   extract(epoch FROM idle_expires_at - now())::float8",
+                &[
+                    &session,
+                    &lifetimes.idle.as_secs_f64(),
+                    &client.user_agent,
+                    &client.ip,
+                ],
+            )?;
+            Refreshed::Rotated(SessionPair::from_row(user_id, &r))
+        } else if generation == current - 1 && in_grace {
+            Refreshed::Again(SessionPair {
+                user_id,
+                session,
+                generation: current,
+                left: row.get(4),
+                idle_left: row.get(5),
+            })
+        } else {
+            tx.execute(
+                "UPDATE authd_session SET revoked_at = now(), revoked_reason = 'reuse' \
+                 WHERE id = $1",
+                &[&session],
+            )?;
+            Refreshed::Reused { session }
+        };
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    /// The user of session `session`, whether or not it is still live.
+    pub fn session_user(&mut self, session: i64) -> Result<Option<i64>, DbError> {
+        Ok(self
+            .client
+            .query_opt(
+                "SELECT user_id FROM authd_session WHERE id = $1",
+                &[&session],
+            )?
+            .map(|r| r.get(0)))
+    }
+
+    /// Ends session `session` of `user` (if live); whether it was.
+    pub fn revoke_session(
+        &mut self,
+        user: i64,
+        session: i64,
+        reason: &str,
+    ) -> Result<bool, DbError> {
+        Ok(self.client.execute(
+            "UPDATE authd_session SET revoked_at = now(), revoked_reason = $3 \
+             WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > now() \
+             AND idle_expires_at > now()",
+            &[&session, &user, &reason],
+        )? == 1)
+    }
+
+    /// Ends every live session of `user` but `except`; how many.
+    pub fn revoke_sessions(
+        &mut self,
+        user: i64,
+        except: Option<i64>,
+        reason: &str,
+    ) -> Result<u64, DbError> {
+        Ok(self.client.execute(
+            "UPDATE authd_session SET revoked_at = now(), revoked_reason = $3 \
+             WHERE user_id = $1 AND id IS DISTINCT FROM $2 AND revoked_at IS NULL \
+             AND expires_at > now() AND idle_expires_at > now()",
+            &[&user, &except, &reason],
+        )?)
+    }
+
+    /// The live sessions of `user`, newest first.
+    pub fn sessions(&mut self, user: i64) -> Result<Vec<SessionInfo>, DbError> {
+        let sql = format!(
+            "SELECT id, to_char(created_at AT TIME ZONE 'UTC', {ISO}), \
+               to_char(last_used_at AT TIME ZONE 'UTC', {ISO}), \
+               to_char(least(idle_expires_at, expires_at) AT TIME ZONE 'UTC', {ISO}), \
+               user_agent, ip FROM authd_session \
+             WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > now() \
+               AND idle_expires_at > now() \
+             ORDER BY created_at DESC, id DESC"
+        );
+        Ok(self
+            .client
+            .query(&sql, &[&user])?
+            .iter()
+            .map(|r| SessionInfo {
+                id: r.get(0),
+                created_at: r.get(1),
+                last_used_at: r.get(2),
+                expires_at: r.get(3),
+                user_agent: r.get(4),
+                ip: r.get(5),
+            })
+            .collect())
+    }
+
+    /// The password hash of active user `user`.
+    pub fn password_of(&mut self, user: i64) -> Result<Option<(String, String)>, DbError> {
+        Ok(self
+            .client
+            .query_opt(
+                "SELECT password, email FROM accounts_user WHERE id = $1 AND is_active",
+                &[&user],
+            )?
+            .map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// In one transaction: the new hash (only over the one checked, `old`), every other
+    /// session of `user` ended, `session` rotated. `None` when the hash changed meanwhile.
+    pub fn change_password(
+        &mut self,
+        user: i64,
+        session: i64,
+        old: &str,
+        new: &str,
+        lifetimes: &Lifetimes,
+    ) -> Result<Option<(SessionPair, u64)>, DbError> {
+        let mut tx = self.client.transaction()?;
+        if tx.execute(
+            "UPDATE accounts_user SET password = $3 WHERE id = $1 AND password = $2",
+            &[&user, &old, &new],
+        )? != 1
+        {
+            return Ok(None);
+        }
+        let others = tx.execute(
+            "UPDATE authd_session SET revoked_at = now(), revoked_reason = 'password' \
+             WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL",
+            &[&user, &session],
+        )?;
+        let Some(r) = tx.query_opt(
+            "UPDATE authd_session SET generation = generation + 1, rotated_at = now(), \
+               last_used_at = now(), \
+               idle_expires_at = least(now() + make_interval(secs => $3), expires_at) \
+             WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > now() \
+             RETURNING id, generation, extract(epoch FROM expires_at - now())::float8, \
+               extract(epoch FROM idle_expires_at - now())::float8",
+            &[&session, &user, &lifetimes.idle.as_secs_f64()],
+        )?
+        else {
+            return Ok(None);
+        };
+        tx.commit()?;
+        Ok(Some((SessionPair::from_row(user, &r), others)))
+    }
+
+    /// `is_active` off and every session ended, for `authd deactivate-user`; the user id.
+    pub fn deactivate(&mut self, email: &str) -> Result<Option<(i64, u64)>, DbError> {
+        let Some(user) = self.user_by_email(email)? else {
+            return Ok(None);
+        };
+        let id = user.user.id;
+        let mut tx = self.client.transaction()?;
+        tx.execute(
+            "UPDATE accounts_user SET is_active = false WHERE id = $1",
+            &[&id],
+        )?;
+        let n = tx.execute(
+            "UPDATE authd_session SET revoked_at = now(), revoked_reason = 'deactivated' \
+             WHERE user_id = $1 AND revoked_at IS NULL",
+            &[&id],
+        )?;
+        tx.commit()?;
+        Ok(Some((id, n)))
+    }
 }
 
 /// A users table made elsewhere may hold emails that differ only in case; the

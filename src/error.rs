@@ -33,6 +33,8 @@ pub enum ApiError {
     RegistrationThrottled(u64),
     /// A cross-site POST.
     Forbidden(&'static str),
+    /// Another request holds what this one needs (a session being refreshed): retry.
+    Conflict(&'static str),
     /// Unknown path.
     NotFound,
     /// Known path, wrong method; `allow` lists the methods that are.
@@ -102,6 +104,7 @@ impl ApiError {
             ApiError::Validation(_) | ApiError::BadJson(_) | ApiError::BadRequest(_) => 400,
             ApiError::InvalidCredentials | ApiError::Unauthenticated => 401,
             ApiError::Forbidden(_) => 403,
+            ApiError::Conflict(_) => 409,
             ApiError::NotFound => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::PayloadTooLarge(_) => 413,
@@ -155,6 +158,10 @@ impl ApiError {
                 ))
             }
             ApiError::Forbidden(why) => detail(why),
+            ApiError::Conflict(why) => {
+                headers.push(("Retry-After", "1".to_string()));
+                detail(why)
+            }
             ApiError::NotFound => detail("Not found."),
             ApiError::MethodNotAllowed { method, allow } => {
                 headers.push(("Allow", allow.to_string()));

@@ -15,6 +15,7 @@ pub mod password;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod session;
 pub mod token;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,8 +38,12 @@ pub struct Ctx {
     pub tokens: Tokens,
     /// bcrypt.
     pub hasher: Hasher,
-    /// How the session cookie is written.
+    /// How the access-token cookie is written.
     pub cookie: CookieSpec,
+    /// How the refresh-token cookie is written.
+    pub refresh_cookie: CookieSpec,
+    /// Refresh-token signer and verifier.
+    pub refresh: session::RefreshTokens,
     /// Counters for `GET /metrics`.
     pub metrics: metrics::Metrics,
     migrated: AtomicBool,
@@ -54,7 +59,14 @@ impl Ctx {
             cookie: CookieSpec {
                 name: config.cookie_name.clone(),
                 secure: config.cookie_secure,
+                same_site: "Lax",
             },
+            refresh_cookie: CookieSpec {
+                name: config.refresh_cookie_name.clone(),
+                secure: config.refresh_cookie_secure,
+                same_site: "Strict",
+            },
+            refresh: session::RefreshTokens::new(&config.secret_key),
             metrics: Default::default(),
             migrated: AtomicBool::new(false),
             config,
@@ -89,6 +101,15 @@ impl Ctx {
             return peer;
         }
         self.config.trusted_proxies.client_ip(peer, forwarded_for)
+    }
+
+    /// Session lifetimes, from the settings.
+    pub fn lifetimes(&self) -> db::Lifetimes {
+        db::Lifetimes {
+            idle: self.config.session_idle_timeout,
+            max_age: self.config.session_max_age,
+            grace: self.config.refresh_reuse_grace,
+        }
     }
 
     /// Records that the schema is in place.

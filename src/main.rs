@@ -15,12 +15,17 @@ Usage:
   authd create-user --email EMAIL --name NAME [--superuser]
                         add a user (Django's createsuperuser); the password is read from
                         standard input, or prompted for without echo on a terminal
+  authd revoke-sessions --email EMAIL
+                        end every session of that account (a lost laptop)
+  authd deactivate-user --email EMAIL
+                        set the account inactive (login refused) and end its sessions
   authd --help          this text
   authd --version       the version
 
 Exit status: 0 success; 1 runtime failure (database unreachable, migration, bind; for check,
 any failure); 2 bad usage or setting; 3 refused input (create-user: invalid email, name or
-password, or the email is taken), with the API's message.
+password, or the email is taken; revoke-sessions, deactivate-user: no such account), with the
+API's message.
 
 Settings (environment, or a .env file in the working directory):";
 
@@ -36,6 +41,8 @@ fn main() {
         ["migrate"] => migrate(),
         ["check"] => check(),
         ["create-user", rest @ ..] => create_user(rest),
+        ["revoke-sessions", rest @ ..] => account("revoke-sessions", rest),
+        ["deactivate-user", rest @ ..] => account("deactivate-user", rest),
         ["-h" | "--help" | "help"] => help(),
         ["-V" | "--version" | "version"] => println!("authd {}", env!("CARGO_PKG_VERSION")),
         other => {
@@ -123,6 +130,38 @@ fn create_user(args: &[&str]) {
         }
         Err(cli::Refused::Runtime(e)) => {
             eprintln!("authd create-user: {e}");
+            exit(1);
+        }
+    }
+}
+
+fn account(command: &str, args: &[&str]) {
+    let email = cli::email_option(args).unwrap_or_else(|e| {
+        eprintln!("authd {command}: {e}; see authd --help");
+        exit(2);
+    });
+    init_logging();
+    let config = load_config();
+    let done = if command == "revoke-sessions" {
+        cli::revoke_sessions(&config, &email)
+    } else {
+        cli::deactivate_user(&config, &email)
+    };
+    match done {
+        Ok(Some((id, n))) => println!(
+            "authd {command}: user {id}: {n} sessions ended{}",
+            if command == "deactivate-user" {
+                ", login refused"
+            } else {
+                ""
+            }
+        ),
+        Ok(None) => {
+            eprintln!("authd {command}: email: no account has this address");
+            exit(3);
+        }
+        Err(e) => {
+            eprintln!("authd {command}: {e}");
             exit(1);
         }
     }

@@ -6,15 +6,28 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// The `route` label: one per endpoint, and `other` for unknown paths.
-pub const ROUTES: [&str; 9] = [
-    "register", "login", "user", "logout", "healthz", "readyz", "metrics", "openapi", "other",
+pub const ROUTES: [&str; 13] = [
+    "register",
+    "login",
+    "user",
+    "logout",
+    "healthz",
+    "readyz",
+    "metrics",
+    "openapi",
+    "token/refresh",
+    "sessions",
+    "session",
+    "password/change",
+    "other",
 ];
 /// Index of `other` in [`ROUTES`].
 pub const OTHER_ROUTE: usize = ROUTES.len() - 1;
 
 /// The statuses authd answers; anything else (none is expected) is counted as `other`.
-const STATUSES: [u16; 16] = [
-    200, 201, 204, 400, 401, 403, 404, 405, 408, 413, 415, 429, 431, 500, 501, 503,
+const STATUSES: [u16; 20] = [
+    200, 201, 204, 400, 401, 403, 404, 405, 408, 409, 413, 414, 415, 417, 429, 431, 500, 501, 503,
+    505,
 ];
 const NSTATUS: usize = STATUSES.len() + 1;
 

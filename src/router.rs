@@ -21,6 +21,14 @@ pub enum Route {
     Metrics,
     /// `GET /api/openapi.yaml`
     OpenApi,
+    /// `POST /api/token/refresh/`
+    TokenRefresh,
+    /// `GET /api/sessions/`
+    Sessions,
+    /// `DELETE /api/sessions/<id>/`
+    Session,
+    /// `POST /api/password/change/`
+    PasswordChange,
 }
 
 /// What the router decided: the route, and whether this is a CORS preflight.
@@ -34,6 +42,7 @@ pub struct Matched {
 
 const POST: &str = "POST, OPTIONS";
 const GET: &str = "GET, HEAD, OPTIONS";
+const DELETE: &str = "DELETE, OPTIONS";
 
 const ROUTES: &[(&str, Route, &str)] = &[
     ("/api/register", Route::Register, POST),
@@ -44,7 +53,29 @@ const ROUTES: &[(&str, Route, &str)] = &[
     ("/readyz", Route::Readyz, GET),
     ("/metrics", Route::Metrics, GET),
     ("/api/openapi.yaml", Route::OpenApi, GET),
+    ("/api/token/refresh", Route::TokenRefresh, POST),
+    ("/api/sessions", Route::Sessions, GET),
+    ("/api/sessions/<id>", Route::Session, DELETE),
+    ("/api/password/change", Route::PasswordChange, POST),
 ];
+
+/// The id in `/api/sessions/<id>` (digits only), if `path` is that shape.
+pub fn session_id(path: &str) -> Option<i64> {
+    let id = path.strip_prefix("/api/sessions/")?;
+    let id = id.strip_suffix('/').unwrap_or(id);
+    (!id.is_empty() && id.len() <= 18 && id.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| id.parse().ok())
+        .flatten()
+}
+
+/// The route table's path for `path`: `/api/sessions/<id>` stands for every session id.
+fn pattern(path: &str) -> &str {
+    if session_id(path).is_some() {
+        "/api/sessions/<id>"
+    } else {
+        path
+    }
+}
 
 /// The path of a request target, without its query string.
 pub fn path_of(url: &str) -> &str {
@@ -62,7 +93,7 @@ impl Route {
 
     /// Whether this route's handler runs bcrypt (and so belongs on the hashing workers).
     pub fn hashes(self) -> bool {
-        matches!(self, Route::Register | Route::Login)
+        matches!(self, Route::Register | Route::Login | Route::PasswordChange)
     }
 
     /// The route's path as the contract writes it (for logs and metrics).
@@ -76,6 +107,10 @@ impl Route {
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
             Route::OpenApi => "/api/openapi.yaml",
+            Route::TokenRefresh => "/api/token/refresh/",
+            Route::Sessions => "/api/sessions/",
+            Route::Session => "/api/sessions/<id>/",
+            Route::PasswordChange => "/api/password/change/",
         }
     }
 
@@ -88,7 +123,7 @@ impl Route {
 /// The route a request target names, whatever the method (for metrics); `None` for an
 /// unknown path.
 pub fn route_of(url: &str) -> Option<Route> {
-    let path = trimmed(url);
+    let path = pattern(trimmed(url));
     ROUTES.iter().find(|(p, _, _)| *p == path).map(|r| r.1)
 }
 
@@ -105,7 +140,7 @@ fn trimmed(url: &str) -> &str {
 /// Finds the route for `method` and request target `url` (query string ignored, one
 /// trailing slash optional).
 pub fn route(method: &str, url: &str) -> Result<Matched, ApiError> {
-    let path = trimmed(url);
+    let path = pattern(trimmed(url));
     let (_, route, allow) = ROUTES
         .iter()
         .find(|(p, _, _)| *p == path)
@@ -151,6 +186,25 @@ mod tests {
         assert_eq!(ok("GET", "/readyz"), Route::Readyz);
         assert_eq!(ok("GET", "/metrics"), Route::Metrics);
         assert_eq!(ok("GET", "/api/openapi.yaml"), Route::OpenApi);
+        assert_eq!(ok("POST", "/api/token/refresh/"), Route::TokenRefresh);
+        assert_eq!(ok("GET", "/api/sessions"), Route::Sessions);
+        assert_eq!(ok("DELETE", "/api/sessions/12/"), Route::Session);
+        assert_eq!(ok("DELETE", "/api/sessions/12"), Route::Session);
+        assert_eq!(ok("POST", "/api/password/change"), Route::PasswordChange);
+        assert_eq!(session_id("/api/sessions/12/"), Some(12));
+        for bad in [
+            "/api/sessions/",
+            "/api/sessions/x/",
+            "/api/sessions/-1/",
+            "/api/sessions/1/2/",
+            "/api/sessions/9999999999999999999/",
+        ] {
+            assert_eq!(session_id(bad), None, "{bad}");
+        }
+        assert!(matches!(
+            route("DELETE", "/api/sessions/abc/"),
+            Err(ApiError::NotFound)
+        ));
     }
 
     #[test]

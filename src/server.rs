@@ -477,6 +477,10 @@ pub fn respond(ctx: &Ctx, req: &Request, matched: Matched) -> Result<Reply, ApiE
         Route::Readyz => api::health::readyz(ctx, req),
         Route::Metrics => api::meta::metrics(ctx, req),
         Route::OpenApi => api::meta::openapi(ctx, req),
+        Route::TokenRefresh => api::session::refresh(ctx, req),
+        Route::Sessions => api::session::list(ctx, req),
+        Route::Session => api::session::delete(ctx, req),
+        Route::PasswordChange => api::session::change_password(ctx, req),
     };
     // CORS headers go on errors too, so that an allowed page can read them.
     let reply = reply.unwrap_or_else(|e| {

@@ -80,13 +80,15 @@ pub fn login(ctx: &Ctx, req: &Request) -> Result<Reply, ApiError> {
     };
     let upgrade = rehash.as_deref().map(|new| (found.password.as_str(), new));
     let user = found.user;
-    ctx.conn()?
-        .login_succeeded(user.id, &email_key, &ip_key, upgrade)?;
+    let pair = ctx.conn()?.login_succeeded(
+        user.id,
+        &email_key,
+        &ip_key,
+        upgrade,
+        &ctx.lifetimes(),
+        &super::session::client_of(req),
+    )?;
     ctx.metrics.login(Login::Succeeded);
-    let issued = ctx
-        .tokens
-        .issue(user.id)
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    Ok(Reply::json(200, &user_json(&user))
-        .with("Set-Cookie", ctx.cookie.set(&issued.token, cfg.jwt_ttl)))
+    let (reply, _) = super::session::with_pair(ctx, Reply::json(200, &user_json(&user)), &pair)?;
+    Ok(reply)
 }

@@ -5,6 +5,7 @@ pub mod login;
 pub mod logout;
 pub mod meta;
 pub mod register;
+pub mod session;
 pub mod user;
 
 use serde_json::{Map, Value, json};
@@ -33,6 +34,16 @@ pub fn presented_token(ctx: &Ctx, req: &Request) -> Result<Option<Verified>, Api
             Ok(None)
         }
     }
+}
+
+/// The user of a verified access token if it still holds: its session live (or, for a
+/// token from before sessions, not revoked) and the user active. One round trip.
+pub fn live_user(ctx: &Ctx, token: &Verified) -> Result<Option<User>, ApiError> {
+    let mut conn = ctx.conn()?;
+    Ok(match token.session {
+        Some(session) => conn.current_session_user(token.user_id, session)?,
+        None => conn.current_user(token.user_id, &token.revocation_key)?,
+    })
 }
 
 /// Takes the string field `name` from a JSON object, in DRF's words when it is missing,

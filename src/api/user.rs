@@ -9,9 +9,6 @@ use crate::http::{Reply, Request};
 /// or inactive. One database round trip.
 pub fn current(ctx: &Ctx, req: &Request) -> Result<Reply, ApiError> {
     let token = presented_token(ctx, req)?.ok_or(ApiError::Unauthenticated)?;
-    let user = ctx
-        .conn()?
-        .current_user(token.user_id, &token.revocation_key)?
-        .ok_or(ApiError::Unauthenticated)?;
+    let user = super::live_user(ctx, &token)?.ok_or(ApiError::Unauthenticated)?;
     Ok(Reply::json(200, &user_json(&user)))
 }
