@@ -2,7 +2,7 @@
 
 - GET /api/user/ gets a fresh session cookie: POST /api/logout/, also under test, revokes
   tokens, so one cookie for the whole run would be revoked halfway.
-- Each generated registration starts from a database without its email: the fuzzer draws
+- Each generated registration starts from a database without its mailbox: the fuzzer draws
   the same small addresses again and again, and a taken email is (rightly) a 400, which
   would hide whether a schema-valid registration is accepted. The duplicate case itself is
   covered by the black-box tests.
@@ -29,19 +29,26 @@ def _post(path, body):
     return urllib.request.urlopen(req, timeout=10)
 
 
-@schemathesis.auth(refresh_interval=None).apply_to(method="GET", path="/api/user/")
+@schemathesis.auth(refresh_interval=None).apply_to(
+    method="GET", path="/api/user/"
+).apply_to(method="GET", path="/api/sessions/").apply_to(
+    method="POST", path="/api/token/refresh/"
+).apply_to(method="DELETE", path="/api/sessions/{id}/")
 class Session:
-    """Registers a user and logs in, once per request."""
+    """Registers a user and logs in, once per request: both cookies."""
 
     def get(self, case, ctx):
         email = f"session-{secrets.token_hex(6)}@example.com"
         _post("/api/register/", {"name": "Session", "email": email, "password": "Password123"})
         resp = _post("/api/login/", {"email": email, "password": "Password123"})
-        cookie = resp.headers["Set-Cookie"]
-        return cookie.split(";", 1)[0].split("=", 1)[1]
+        cookies = {}
+        for header in resp.headers.get_all("Set-Cookie"):
+            name, value = header.split(";", 1)[0].split("=", 1)
+            cookies[name] = value
+        return cookies
 
     def set(self, case, data, ctx):
-        case.cookies = {**(case.cookies or {}), "jwt": data}
+        case.cookies = {**(case.cookies or {}), **data}
 
 
 @schemathesis.hook
@@ -55,6 +62,10 @@ def before_call(context, case, kwargs):
     # psql interpolates :'email' (quoted as a literal) only in what it reads, not in -c.
     subprocess.run(
         ["psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", "-v", f"email={trimmed}", DSN],
-        input="DELETE FROM accounts_user WHERE lower(email) = lower(:'email');\n",
+        # Every spelling of one mailbox is one account (authd's canonical form, computed in
+        # Rust), so lower() alone would leave variants behind: clear every account but the
+        # sessions' own.
+        input="DELETE FROM accounts_user WHERE email NOT LIKE 'session-%' "
+        "OR lower(email) = lower(:'email');\n",
         text=True, check=True, stdout=subprocess.DEVNULL,
     )
