@@ -485,7 +485,7 @@ pub fn respond(ctx: &Ctx, req: &Request, matched: Matched) -> Result<Reply, ApiE
     // CORS headers go on errors too, so that an allowed page can read them.
     let reply = reply.unwrap_or_else(|e| {
         if let Some(line) = e.log_line() {
-            log::error!("{} {}: {line}", req.method, req.path());
+            log::error!("{} {}: {line}", log_field(&req.method), log_field(req.path()));
         }
         e.into_reply()
     });
