@@ -72,6 +72,29 @@ pub struct Config {
     pub metrics_enabled: bool,
     /// Reverse proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: TrustedProxies,
+    /// Account recovery: mail, tokens, verification.
+    pub recovery: Recovery,
+}
+
+/// The settings of account recovery (password reset, e-mail verification).
+#[derive(Clone)]
+pub struct Recovery {
+    /// Lifetime of a reset or verification token.
+    pub token_ttl: Duration,
+    /// Reset and resend requests per email per `LOGIN_WINDOW`.
+    pub max_per_email: i32,
+    /// Reset and resend requests per client address per `LOGIN_WINDOW`.
+    pub max_per_ip: i32,
+    /// Where mail goes (`SMTP_URL`, which may hold a password); `None`: to the log.
+    pub smtp_url: Option<String>,
+    /// The sender: `From` and the envelope sender; its display name is the product name.
+    pub email_from: lettre::message::Mailbox,
+    /// Link template with `{token}` for reset mails.
+    pub reset_url: Option<String>,
+    /// Link template with `{token}` for verification mails.
+    pub verify_url: Option<String>,
+    /// Refuse login until the address is verified; registration sends the mail.
+    pub require_verification: bool,
 }
 
 impl fmt::Debug for Config {
@@ -222,6 +245,46 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "proxy addresses/CIDRs whose X-Forwarded-For is believed",
     ),
     (
+        "PASSWORD_RESET_TTL",
+        "3600",
+        "seconds a reset or verification token lives",
+    ),
+    (
+        "RESET_MAX_PER_EMAIL",
+        "3",
+        "reset and resend requests per email per LOGIN_WINDOW",
+    ),
+    (
+        "RESET_MAX_PER_IP",
+        "20",
+        "reset and resend requests per address per LOGIN_WINDOW",
+    ),
+    (
+        "SMTP_URL",
+        "unset: mail to the log",
+        "smtp://user:pass@host:587 (STARTTLS if offered) or smtps://…:465",
+    ),
+    (
+        "EMAIL_FROM",
+        "authd <authd@localhost>",
+        "sender of every mail; required with SMTP_URL",
+    ),
+    (
+        "PASSWORD_RESET_URL",
+        "unset",
+        "reset link template with {token}",
+    ),
+    (
+        "EMAIL_VERIFY_URL",
+        "unset",
+        "verification link template with {token}",
+    ),
+    (
+        "REQUIRE_EMAIL_VERIFICATION",
+        "false",
+        "refuse login until the address is verified",
+    ),
+    (
         "RUST_LOG",
         "info",
         "log filter; the access log is target authd::access",
@@ -346,6 +409,7 @@ impl Config {
         };
         let trusted_proxies = TrustedProxies::parse(&get("TRUSTED_PROXIES").unwrap_or_default())
             .map_err(|e| err("TRUSTED_PROXIES", e))?;
+        let recovery = recovery_config(&get)?;
         Ok(Config {
             secret_key,
             secret_key_generated,
@@ -382,8 +446,58 @@ impl Config {
             allowed_origins,
             metrics_enabled,
             trusted_proxies,
+            recovery,
         })
     }
+}
+
+/// `PASSWORD_RESET_TTL`, the reset throttle, the mail settings and the link templates.
+fn recovery_config(get: &impl Fn(&str) -> Option<String>) -> Result<Recovery, ConfigError> {
+    let smtp_url = get("SMTP_URL");
+    if let Some(url) = &smtp_url {
+        crate::mail::smtp_transport(url).map_err(|e| err("SMTP_URL", e))?;
+    }
+    let email_from = match get("EMAIL_FROM") {
+        Some(v) => v.parse::<lettre::message::Mailbox>().map_err(|e| {
+            err(
+                "EMAIL_FROM",
+                format!("not an address like \"Acme <no-reply@example.com>\": {e}"),
+            )
+        })?,
+        None if smtp_url.is_some() => {
+            return Err(err("EMAIL_FROM", "required when SMTP_URL is set"));
+        }
+        None => "authd <authd@localhost>"
+            .parse()
+            .map_err(|e| err("EMAIL_FROM", format!("{e}")))?,
+    };
+    let link = |name: &'static str| -> Result<Option<String>, ConfigError> {
+        let Some(v) = get(name) else { return Ok(None) };
+        if !(v.starts_with("https://") || v.starts_with("http://")) || !v.contains("{token}") {
+            return Err(err(
+                name,
+                format!("expected an http(s) URL with {{token}} in it, got {v:?}"),
+            ));
+        }
+        if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(err(name, "no whitespace or control characters"));
+        }
+        Ok(Some(v))
+    };
+    Ok(Recovery {
+        token_ttl: secs(get, "PASSWORD_RESET_TTL", 3600, 1, 7 * 24 * 3600)?,
+        max_per_email: num(get, "RESET_MAX_PER_EMAIL", 3, 1, 1_000_000)? as i32,
+        max_per_ip: num(get, "RESET_MAX_PER_IP", 20, 1, 1_000_000)? as i32,
+        smtp_url,
+        email_from,
+        reset_url: link("PASSWORD_RESET_URL")?,
+        verify_url: link("EMAIL_VERIFY_URL")?,
+        require_verification: match get("REQUIRE_EMAIL_VERIFICATION") {
+            None => false,
+            Some(v) => parse_bool(&v)
+                .ok_or_else(|| err("REQUIRE_EMAIL_VERIFICATION", "expected true or false"))?,
+        },
+    })
 }
 
 fn parse_bool(v: &str) -> Option<bool> {

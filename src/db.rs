@@ -6,6 +6,8 @@ use postgres::{Client, NoTls, Statement};
 use r2d2::ManageConnection;
 use r2d2_postgres::PostgresConnectionManager;
 
+pub mod recovery;
+
 /// Schema steps, applied in order; the files are never edited once landed.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (
@@ -24,6 +26,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../sql/0003_email_canonical.sql"),
     ),
     (4, "0004_sessions", include_str!("../sql/0004_sessions.sql")),
+    (5, "0005_recovery", include_str!("../sql/0005_recovery.sql")),
 ];
 
 /// Advisory lock key held while migrating, so that instances starting together take turns.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// The `route` label: one per endpoint, and `other` for unknown paths.
-pub const ROUTES: [&str; 13] = [
+pub const ROUTES: [&str; 17] = [
     "register",
     "login",
     "user",
@@ -19,6 +19,10 @@ pub const ROUTES: [&str; 13] = [
     "sessions",
     "session",
     "password/change",
+    "password/reset",
+    "password/reset/confirm",
+    "email/verify",
+    "email/verify/resend",
     "other",
 ];
 /// Index of `other` in [`ROUTES`].

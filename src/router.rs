@@ -29,6 +29,14 @@ pub enum Route {
     Session,
     /// `POST /api/password/change/`
     PasswordChange,
+    /// `POST /api/password/reset/`
+    PasswordReset,
+    /// `POST /api/password/reset/confirm/`
+    PasswordResetConfirm,
+    /// `POST /api/email/verify/`
+    EmailVerify,
+    /// `POST /api/email/verify/resend/`
+    EmailVerifyResend,
 }
 
 /// What the router decided: the route, and whether this is a CORS preflight.
@@ -57,6 +65,14 @@ const ROUTES: &[(&str, Route, &str)] = &[
     ("/api/sessions", Route::Sessions, GET),
     ("/api/sessions/<id>", Route::Session, DELETE),
     ("/api/password/change", Route::PasswordChange, POST),
+    ("/api/password/reset", Route::PasswordReset, POST),
+    (
+        "/api/password/reset/confirm",
+        Route::PasswordResetConfirm,
+        POST,
+    ),
+    ("/api/email/verify", Route::EmailVerify, POST),
+    ("/api/email/verify/resend", Route::EmailVerifyResend, POST),
 ];
 
 /// The id in `/api/sessions/<id>` (digits only), if `path` is that shape.
@@ -93,7 +109,10 @@ impl Route {
 
     /// Whether this route's handler runs bcrypt (and so belongs on the hashing workers).
     pub fn hashes(self) -> bool {
-        matches!(self, Route::Register | Route::Login | Route::PasswordChange)
+        matches!(
+            self,
+            Route::Register | Route::Login | Route::PasswordChange | Route::PasswordResetConfirm
+        )
     }
 
     /// The route's path as the contract writes it (for logs and metrics).
@@ -111,6 +130,10 @@ impl Route {
             Route::Sessions => "/api/sessions/",
             Route::Session => "/api/sessions/<id>/",
             Route::PasswordChange => "/api/password/change/",
+            Route::PasswordReset => "/api/password/reset/",
+            Route::PasswordResetConfirm => "/api/password/reset/confirm/",
+            Route::EmailVerify => "/api/email/verify/",
+            Route::EmailVerifyResend => "/api/email/verify/resend/",
         }
     }
 
@@ -191,6 +214,16 @@ mod tests {
         assert_eq!(ok("DELETE", "/api/sessions/12/"), Route::Session);
         assert_eq!(ok("DELETE", "/api/sessions/12"), Route::Session);
         assert_eq!(ok("POST", "/api/password/change"), Route::PasswordChange);
+        assert_eq!(ok("POST", "/api/password/reset/"), Route::PasswordReset);
+        assert_eq!(
+            ok("POST", "/api/password/reset/confirm"),
+            Route::PasswordResetConfirm
+        );
+        assert_eq!(ok("POST", "/api/email/verify/"), Route::EmailVerify);
+        assert_eq!(
+            ok("POST", "/api/email/verify/resend"),
+            Route::EmailVerifyResend
+        );
         assert_eq!(session_id("/api/sessions/12/"), Some(12));
         for bad in [
             "/api/sessions/",

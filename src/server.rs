@@ -242,8 +242,10 @@ fn refusal(status: tiny_http::StatusCode) -> tiny_http::Response<Cursor<Vec<u8>>
     to_response(ApiError::Wire(status.0).into_reply())
 }
 
-/// Migration retries, the dummy-hash warm-up, and the purge of expired rows.
+/// Migration retries, the dummy-hash warm-up, the purge of expired rows, and the mail
+/// sender (src/mail.rs).
 fn background(ctx: &Arc<Ctx>, stop: &Shutdown) {
+    crate::mail::spawn_sender(ctx, stop);
     let c = ctx.clone();
     thread::spawn(move || c.hasher.warm_up());
     let (c, s) = (ctx.clone(), stop.clone());
@@ -481,11 +483,19 @@ pub fn respond(ctx: &Ctx, req: &Request, matched: Matched) -> Result<Reply, ApiE
         Route::Sessions => api::session::list(ctx, req),
         Route::Session => api::session::delete(ctx, req),
         Route::PasswordChange => api::session::change_password(ctx, req),
+        Route::PasswordReset => api::recovery::reset(ctx, req),
+        Route::PasswordResetConfirm => api::recovery::reset_confirm(ctx, req),
+        Route::EmailVerify => api::recovery::verify(ctx, req),
+        Route::EmailVerifyResend => api::recovery::resend(ctx, req),
     };
     // CORS headers go on errors too, so that an allowed page can read them.
     let reply = reply.unwrap_or_else(|e| {
         if let Some(line) = e.log_line() {
-            log::error!("{} {}: {line}", log_field(&req.method), log_field(req.path()));
+            log::error!(
+                "{} {}: {line}",
+                log_field(&req.method),
+                log_field(req.path())
+            );
         }
         e.into_reply()
     });

@@ -80,6 +80,7 @@ pub fn login(ctx: &Ctx, req: &Request) -> Result<Reply, ApiError> {
     };
     let upgrade = rehash.as_deref().map(|new| (found.password.as_str(), new));
     let user = found.user;
+    super::recovery::check_verified(ctx, user.id)?;
     let pair = ctx.conn()?.login_succeeded(
         user.id,
         &email_key,

@@ -4,6 +4,7 @@ pub mod health;
 pub mod login;
 pub mod logout;
 pub mod meta;
+pub mod recovery;
 pub mod register;
 pub mod session;
 pub mod user;

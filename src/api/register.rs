@@ -50,6 +50,9 @@ pub fn register(ctx: &Ctx, req: &Request) -> Result<Reply, ApiError> {
         .insert_user(name.as_str(), &email, &hash, false)?
         .ok_or_else(|| ApiError::field("email", DUPLICATE_EMAIL))?;
     ctx.metrics.registered();
+    if ctx.config.recovery.require_verification {
+        super::recovery::queue_verification(ctx, id);
+    }
     let user = User {
         id,
         name: name.as_str().to_string(),
