@@ -1,5 +1,5 @@
 # authd: `make run` serves on 127.0.0.1:8000, `make test` runs every test.
-.PHONY: run test smoke lint conformance tiny-http-test db-stop bench release install clean
+.PHONY: run test smoke lint conformance tiny-http-test browser-test db-stop bench release install clean
 
 # tiny_http is patched by cargo itself (patches/tiny_http/build.rs): no step before cargo.
 run:
@@ -22,6 +22,12 @@ lint:
 # purpose are named in its header and skipped).
 tiny-http-test:
 	@scripts/tiny-http-test.sh
+
+# Headless Chromium (Debian's) driven by playwright-core against a debug authd, an allowed
+# page and an evil one on other ports: the cookies as the browser keeps them, CORS and the
+# Origin check. Installs chromium (apt-get, as root) and playwright-core when missing.
+browser-test:
+	@scripts/browser-test.sh
 
 # schemathesis against a running authd with openapi.yaml (all checks); CI runs it.
 conformance:
