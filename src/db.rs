@@ -357,6 +357,21 @@ impl Conn {
         Ok(wait.map_or(Throttle::Allowed, Throttle::Refused))
     }
 
+    /// Takes back one attempt that [`Conn::throttle_hit`] counted, for a password that was
+    /// right after all (a password change whose old password matches: only a wrong one
+    /// counts as a failed login). Rows are locked in (scope, key) order, as there.
+    pub fn throttle_undo(&mut self, email_key: &str, ip_key: &str) -> Result<(), DbError> {
+        self.client.execute(
+            "WITH locked AS (SELECT scope, key FROM authd_login_throttle \
+               WHERE (scope = 'e' AND key = $1) OR (scope = 'i' AND key = $2) \
+               ORDER BY scope, key FOR UPDATE) \
+             UPDATE authd_login_throttle t SET failures = greatest(t.failures - 1, 0) \
+             FROM locked l WHERE t.scope = l.scope AND t.key = l.key",
+            &[&email_key, &ip_key],
+        )?;
+        Ok(())
+    }
+
     /// Counts a registration against the client address (scope `r` of the throttle table)
     /// and says whether it may go ahead.
     pub fn register_hit(

@@ -197,6 +197,8 @@ pub fn change_password(ctx: &Ctx, req: &Request) -> Result<Reply, ApiError> {
     if !ctx.hasher.verify(&old, Some(&stored)).matches() {
         return Err(ApiError::field("old_password", "Wrong password."));
     }
+    // The right old password is no failed login: the attempt counted above is taken back.
+    ctx.conn()?.throttle_undo(&email_key, &ip_key)?;
     let new = Password::parse(&new).map_err(|m| ApiError::field("new_password", m))?;
     let hash = ctx
         .hasher
