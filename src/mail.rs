@@ -27,7 +27,7 @@ const SMTP_TIMEOUT: Duration = Duration::from_secs(8);
 /// Mails delivered in one round at most before the sender checks for shutdown again.
 const BATCH: usize = 100;
 /// How often tokens past their expiry (and their mails) are dropped.
-const EXPIRY_SWEEP: Duration = Duration::from_secs(30);
+const EXPIRY_SWEEP: Duration = Duration::from_secs(5);
 
 /// The templates, one pair per message: the plain text (its first line is `Subject: …`)
 /// and the HTML part.
@@ -36,13 +36,12 @@ const RESET_HTML: &str = include_str!("../templates/password_reset.html");
 const VERIFY_TXT: &str = include_str!("../templates/verify_email.txt");
 const VERIFY_HTML: &str = include_str!("../templates/verify_email.html");
 
-/// The endpoint a token is posted to when no link template is set.
+/// The endpoint a token is posted to (as `token`), the mail's link when no link template
+/// is set.
 fn endpoint(purpose: Purpose) -> &'static str {
     match purpose {
-        Purpose::Reset => {
-            "POST /api/password/reset/confirm/ {\"token\": \"<the code below>\", \"new_password\": \"…\"}"
-        }
-        Purpose::Verify => "POST /api/email/verify/ {\"token\": \"<the code below>\"}",
+        Purpose::Reset => "POST /api/password/reset/confirm/",
+        Purpose::Verify => "POST /api/email/verify/",
     }
 }
 
@@ -217,7 +216,14 @@ impl Mailer {
             .recipient
             .parse()
             .map_err(|e| format!("the address on record cannot be written: {e}"))?;
-        let name = Some(q.recipient_name.trim().to_string()).filter(|n| !n.is_empty());
+        // authd refuses control characters in names, but a user made elsewhere (Django's
+        // admin) may have them; lettre would panic on one. Spaces instead.
+        let name: String = q
+            .recipient_name
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let name = Some(name.trim().to_string()).filter(|n| !n.is_empty());
         let rendered = render(&self.settings, q.purpose, &q.token, q.lifetime);
         let from = self.settings.email_from.clone();
         let envelope =
@@ -240,9 +246,12 @@ impl Mailer {
 
     /// One attempt to deliver `q`.
     pub fn deliver(&self, q: &Queued) -> Attempt {
-        let (message, rendered) = match self.message(q) {
-            Ok(m) => m,
-            Err(e) => return Attempt::Rejected(e),
+        // A message lettre cannot build (or panics on) will never be sent: dropped, rather
+        // than tried again for ever.
+        let (message, rendered) = match catch_unwind(AssertUnwindSafe(|| self.message(q))) {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => return Attempt::Rejected(e),
+            Err(_) => return Attempt::Rejected("the mail library panicked".into()),
         };
         match &self.backend {
             Backend::Console => {
