@@ -38,6 +38,7 @@ base="http://127.0.0.1:$port"
 env -i PATH="$PATH" DATABASE_URL="postgres://postgres@127.0.0.1:$pgport/conformance" \
   SECRET_KEY="$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')" \
   BIND="127.0.0.1:$port" BCRYPT_COST=4 LOGIN_MAX_FAILURES=100000 LOGIN_MAX_FAILURES_PER_IP=1000000 REGISTER_MAX_PER_IP=1000000 \
+  RESET_MAX_PER_EMAIL=1000000 RESET_MAX_PER_IP=1000000 \
   RUST_LOG=warn target/debug/authd 2>"$tmp/authd.log" &
 pid=$!
 for _ in $(seq 100); do curl -fs "$base/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
