@@ -627,11 +627,43 @@ mod tests {
             ("JWT_TTL", "-1"),
             ("ALLOWED_ORIGINS", "*"),
             ("DB_PORT", "x"),
+            ("PASSWORD_RESET_TTL", "0"),
+            ("RESET_MAX_PER_EMAIL", "0"),
+            ("SMTP_URL", "mail.example.com:25"),
+            ("SMTP_URL", "http://mail.example.com"),
+            ("EMAIL_FROM", "no at sign"),
+            ("PASSWORD_RESET_URL", "https://app.example.com/reset"),
+            ("EMAIL_VERIFY_URL", "javascript:alert(1)//{token}"),
+            ("REQUIRE_EMAIL_VERIFICATION", "maybe"),
         ] {
             let e = Config::from_map(&map(&[("SECRET_KEY", KEY), ("DB_NAME", "x"), (k, v)]))
                 .unwrap_err();
             assert_eq!(e.setting, k, "{k}={v}");
         }
+    }
+
+    #[test]
+    fn mail_settings_default_to_the_log_and_need_a_sender_with_smtp() {
+        let c = Config::from_map(&map(&[("SECRET_KEY", KEY), ("DB_NAME", "x")])).unwrap();
+        let r = &c.recovery;
+        assert!(r.smtp_url.is_none() && !r.require_verification);
+        assert_eq!(r.token_ttl.as_secs(), 3600);
+        assert_eq!((r.max_per_email, r.max_per_ip), (3, 20));
+        let e = Config::from_map(&map(&[
+            ("SECRET_KEY", KEY),
+            ("DB_NAME", "x"),
+            ("SMTP_URL", "smtp://mail.example.com:587"),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.setting, "EMAIL_FROM");
+        let c = Config::from_map(&map(&[
+            ("SECRET_KEY", KEY),
+            ("DB_NAME", "x"),
+            ("SMTP_URL", "smtps://user:pa%40ss@mail.example.com"),
+            ("EMAIL_FROM", "Acme <no-reply@example.com>"),
+        ]))
+        .unwrap();
+        assert_eq!(crate::mail::product(&c.recovery), "Acme");
     }
 
     #[test]
