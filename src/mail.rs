@@ -310,10 +310,10 @@ fn run(ctx: &Ctx, stop: &Shutdown) {
             continue;
         }
         let round = catch_unwind(AssertUnwindSafe(|| {
-            round(ctx, stop, &mailer, &mut conn, &mut swept)?;
+            let more = round(ctx, stop, &mailer, &mut conn, &mut swept)?;
             match conn.as_mut() {
-                Some(c) => c.wait_for_mail(POLL).map(|_| ()),
-                None => Ok(()),
+                Some(c) if !more => c.wait_for_mail(POLL).map(|_| ()),
+                _ => Ok(()),
             }
         }));
         let failed = match round {
@@ -331,14 +331,15 @@ fn run(ctx: &Ctx, stop: &Shutdown) {
     }
 }
 
-/// Delivers what is due, up to [`BATCH`] mails, and now and then drops expired tokens.
+/// Delivers what is due, up to [`BATCH`] mails, and now and then drops expired tokens;
+/// whether more may be due at once (the batch was full).
 fn round(
     ctx: &Ctx,
     stop: &Shutdown,
     mailer: &Mailer,
     conn: &mut Option<db::Conn>,
     swept: &mut Option<Instant>,
-) -> Result<(), db::DbError> {
+) -> Result<bool, db::DbError> {
     let conn = match conn {
         Some(c) => c,
         None => conn.insert(db::recovery::connect(&ctx.config.database)?),
@@ -352,7 +353,7 @@ fn round(
     }
     for _ in 0..BATCH {
         if stop.requested() {
-            return Ok(());
+            return Ok(false);
         }
         let mut attempt_of = None;
         let outcome = conn.deliver_next(|q| {
@@ -360,7 +361,7 @@ fn round(
             mailer.deliver(q)
         })?;
         let (Some(outcome), Some((id, purpose, attempts))) = (outcome, attempt_of) else {
-            return Ok(());
+            return Ok(false);
         };
         let kind = match purpose {
             Purpose::Reset => "password reset",
@@ -380,12 +381,12 @@ fn round(
                     attempts + 1
                 );
                 if server_down {
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]
