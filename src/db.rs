@@ -657,15 +657,26 @@ fn record_canonical_emails(tx: &mut postgres::Transaction<'_>) -> Result<usize, 
             clashes.join("; ")
         ));
     }
+    // In batches: a database taken over from Django may hold millions of users.
     let st = tx
-        .prepare("INSERT INTO authd_user_email (user_id, canonical) VALUES ($1, $2)")
+        .prepare(
+            "INSERT INTO authd_user_email (user_id, canonical) \
+             SELECT * FROM unnest($1::bigint[], $2::text[])",
+        )
         .map_err(|e| error_text(&e))?;
-    for (id, email) in &missing {
-        let key: String = crate::domain::email_key(email)
-            .chars()
-            .take(crate::domain::CANONICAL_MAX_CHARS)
+    for chunk in missing.chunks(10_000) {
+        let ids: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
+        let keys: Vec<String> = chunk
+            .iter()
+            .map(|(_, email)| {
+                crate::domain::email_key(email)
+                    .chars()
+                    .take(crate::domain::CANONICAL_MAX_CHARS)
+                    .collect()
+            })
             .collect();
-        tx.execute(&st, &[id, &key]).map_err(|e| error_text(&e))?;
+        tx.execute(&st, &[&ids, &keys])
+            .map_err(|e| error_text(&e))?;
     }
     Ok(missing.len())
 }

@@ -3,11 +3,12 @@
 //! The patched tiny_http (patches/tiny_http) owns the connections: it reads each head and
 //! body on the connection's own thread, within the limits and deadlines given to
 //! [`tiny_http::Server::with_limits`], and refuses what is malformed before any of this
-//! code sees it. Here one dispatcher routes each request once and queues it on one of two
-//! bounded lanes: the hashing lane (login, register: bcrypt) with as many workers as cores,
-//! and the fast lane for everything else, so that logins can saturate the CPU without
-//! occupying the workers that cheap requests need. A worker turns the request into an
-//! owned [`Request`], runs its handler, and writes the reply.
+//! code sees it. The fast workers take requests from tiny_http and route each once: a
+//! request that runs bcrypt (login, register, password change) goes to the bounded hashing
+//! lane, served by as many workers as cores at a lower priority, so that logins can
+//! saturate the CPU without occupying the workers that cheap requests need; any other is
+//! served by the fast worker that took it. A worker turns the request into an owned
+//! [`Request`], runs its handler, and writes the reply.
 
 use std::io::{self, Cursor, Read};
 use std::net::{SocketAddr, TcpListener};
@@ -26,8 +27,6 @@ use crate::metrics::{self, Lane};
 use crate::router::{self, Matched, Route};
 use crate::{Config, Ctx, api, db};
 
-/// Requests waiting for a fast worker before new ones get 503.
-const FAST_QUEUE: usize = 1024;
 /// Logins and registrations waiting for a hashing worker before new ones get 503.
 const HASH_QUEUE: usize = 64;
 /// The hashing workers' nice value (see [`spawn_workers`]).
@@ -192,32 +191,45 @@ impl App {
             require_host: true,
             error_response: refusal,
         };
-        let server = tiny_http::Server::with_limits(listener, limits).map_err(io::Error::other)?;
-        let (fast_tx, fast_rx) = sync_channel(FAST_QUEUE);
+        let server =
+            Arc::new(tiny_http::Server::with_limits(listener, limits).map_err(io::Error::other)?);
         let (hash_tx, hash_rx) = sync_channel(HASH_QUEUE);
-        let mut workers = spawn_workers("worker", Lane::Fast, &ctx, fast_rx, cfg.workers, 0)?;
-        workers.extend(spawn_workers(
+        let mut workers = spawn_workers(
             "hasher",
             Lane::Hash,
             &ctx,
             hash_rx,
             cfg.hash_workers,
             HASH_NICE,
-        )?);
+        )?;
         let (refuse_tx, refuse_rx) = channel();
         workers.push(spawn_refuser(&ctx, refuse_rx)?);
-        let lanes = Lanes {
+        let lanes = Arc::new(Lanes {
             ctx: ctx.clone(),
-            fast: fast_tx,
             hash: hash_tx,
             refuse: refuse_tx,
-        };
-        while !stop.requested() {
-            match server.recv_timeout(Duration::from_millis(200)) {
-                Ok(Some(rq)) => lanes.dispatch(rq),
-                Ok(None) => {}
-                Err(e) => log::warn!("receiving a request failed: {e}"),
-            }
+        });
+        let fast = (0..cfg.workers)
+            .map(|i| {
+                let (server, lanes, stop) = (server.clone(), lanes.clone(), stop.clone());
+                thread::Builder::new()
+                    .name(format!("worker-{i}"))
+                    .stack_size(WORKER_STACK)
+                    .spawn(move || {
+                        while !stop.requested() {
+                            match server.recv_timeout(Duration::from_millis(200)) {
+                                Ok(Some(rq)) => lanes.take(rq),
+                                Ok(None) => {}
+                                Err(e) => log::warn!("receiving a request failed: {e}"),
+                            }
+                        }
+                    })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        while !stop.sleep(Duration::from_secs(3600)) {}
+        // Fast workers finish the request in hand and stop taking new ones.
+        for w in fast {
+            let _ = w.join();
         }
         // No new connections; the lanes' senders go, so workers finish what is queued.
         drop(server);
@@ -286,37 +298,37 @@ struct Job {
     queued: Instant,
 }
 
-/// The two bounded queues in front of the worker pools, and the way to the thread that
-/// answers 503 when one is full.
+/// Where a fast worker sends what it does not serve itself: the bounded hashing lane, and
+/// the thread that answers 503 when that is full.
 struct Lanes {
     ctx: Arc<Ctx>,
-    fast: SyncSender<Job>,
     hash: SyncSender<Job>,
     refuse: Sender<Job>,
 }
 
 impl Lanes {
-    /// Routes a request (the only time it is routed) and queues it on its lane; a full
-    /// lane answers 503 at once rather than letting the request wait unboundedly.
-    fn dispatch(&self, rq: tiny_http::Request) {
+    /// Routes a request (the only time it is routed). A request that runs bcrypt goes to
+    /// the hashing lane (503 at once when that is full, rather than an unbounded wait), so
+    /// that logins can never occupy the fast workers; any other is served here and now.
+    fn take(&self, rq: tiny_http::Request) {
         let routed = router::route(rq.method().as_str(), rq.url());
         let hashes = matches!(&routed, Ok(m) if !m.preflight && m.route.hashes());
-        let (lane, which) = if hashes {
-            (&self.hash, Lane::Hash)
-        } else {
-            (&self.fast, Lane::Fast)
-        };
         let job = Job {
             rq,
             routed,
             queued: Instant::now(),
         };
+        if !hashes {
+            return handle(&self.ctx, job);
+        }
         // Counted before the send, so that a worker's decrement never comes first.
-        self.ctx.metrics.queue(which, 1);
-        if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = lane.try_send(job) {
-            self.ctx.metrics.queue(which, -1);
+        self.ctx.metrics.queue(Lane::Hash, 1);
+        if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
+            self.hash.try_send(job)
+        {
+            self.ctx.metrics.queue(Lane::Hash, -1);
             // Answered elsewhere: writing it can wait for the connection's earlier answers,
-            // and the dispatcher must never wait. (Unbounded, but no connection has more than
+            // and a worker must not. (Unbounded, but no connection has more than
             // MAX_PIPELINED requests out.)
             let _ = self.refuse.send(job);
         }
