@@ -10,9 +10,6 @@ use crate::http::{Reply, Request};
 use crate::metrics::Login;
 use crate::password::Verdict;
 
-/// Longest email kept as a throttle key; longer ones cannot belong to a user anyway.
-const MAX_KEY_CHARS: usize = 320;
-
 /// Logs a user in. Unknown email, wrong password and inactive user all cost one bcrypt
 /// verification and get the same 401; over the throttle's limits, 429 whatever the password.
 pub fn login(ctx: &Ctx, req: &Request) -> Result<Reply, ApiError> {
@@ -24,18 +21,8 @@ pub fn login(ctx: &Ctx, req: &Request) -> Result<Reply, ApiError> {
         return Err(ApiError::Validation(errors));
     };
     let email = email.trim();
-    // One key per mailbox: the canonical form the account lookup uses too. PostgreSQL text
-    // cannot hold NUL: such an email is counted under a stand-in character, and cannot
-    // belong to a user (registration refuses control characters).
-    let email_key: String = crate::domain::email_key(email)
-        .replace('\0', "\u{fffd}")
-        .chars()
-        .take(MAX_KEY_CHARS)
-        .collect();
-    let ip_key = req
-        .peer
-        .map(|ip| crate::proxy::throttle_key(ip, ctx.config.throttle_ipv6_prefix))
-        .unwrap_or_default();
+    let email_key = super::email_throttle_key(email);
+    let ip_key = super::client_throttle_key(ctx, req);
     let cfg = &ctx.config;
 
     let found = {

@@ -47,6 +47,28 @@ pub fn live_user(ctx: &Ctx, token: &Verified) -> Result<Option<User>, ApiError> 
     })
 }
 
+/// Longest throttle key kept (`authd_login_throttle.key` is `varchar(320)`); longer emails
+/// cannot belong to a user anyway.
+pub const MAX_THROTTLE_KEY_CHARS: usize = 320;
+
+/// The throttle's key for an email, valid or not: one per mailbox (the canonical form the
+/// account lookup uses too), cut to the column. PostgreSQL text cannot hold NUL: such an
+/// email is counted under a stand-in character (no user can have one).
+pub fn email_throttle_key(email: &str) -> String {
+    crate::domain::email_key(email)
+        .replace('\0', "\u{fffd}")
+        .chars()
+        .take(MAX_THROTTLE_KEY_CHARS)
+        .collect()
+}
+
+/// The throttle's key for the request's client address (IPv6 per network).
+pub fn client_throttle_key(ctx: &Ctx, req: &Request) -> String {
+    req.peer
+        .map(|ip| crate::proxy::throttle_key(ip, ctx.config.throttle_ipv6_prefix))
+        .unwrap_or_default()
+}
+
 /// Takes the string field `name` from a JSON object, in DRF's words when it is missing,
 /// null, or not a string; a failure is recorded in `errors`.
 pub fn string_field(

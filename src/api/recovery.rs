@@ -60,11 +60,8 @@ fn request_mail(
     let email = string_field(&body, "email", &mut errors).ok_or(ApiError::Validation(errors))?;
     let email = Email::parse(&email).map_err(|m| ApiError::field("email", m))?;
     let cfg = &ctx.config;
-    let ip_key = req
-        .peer
-        .map(|ip| crate::proxy::throttle_key(ip, cfg.throttle_ipv6_prefix))
-        .unwrap_or_default();
-    let throttle_key: String = email.canonical().chars().take(320).collect();
+    let ip_key = super::client_throttle_key(ctx, req);
+    let throttle_key = super::email_throttle_key(email.canonical());
     let (token, message_id) = fresh(ctx)?;
     let queued = ctx.conn()?.request_mail(&MailRequest {
         purpose,

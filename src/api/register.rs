@@ -28,10 +28,7 @@ pub fn register(ctx: &Ctx, req: &Request) -> Result<Reply, ApiError> {
     };
     // Counted per client address before any hashing: registration is the costly path
     // with no password to guess, so it has its own limit.
-    let ip_key = req
-        .peer
-        .map(|ip| crate::proxy::throttle_key(ip, ctx.config.throttle_ipv6_prefix))
-        .unwrap_or_default();
+    let ip_key = super::client_throttle_key(ctx, req);
     let cfg = &ctx.config;
     if let Throttle::Refused(secs) =
         ctx.conn()?

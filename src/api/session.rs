@@ -171,14 +171,8 @@ pub fn change_password(ctx: &Ctx, req: &Request) -> Result<Reply, ApiError> {
         return Err(ApiError::Validation(errors));
     };
     let cfg = &ctx.config;
-    let email_key: String = crate::domain::email_key(&user.email)
-        .chars()
-        .take(320)
-        .collect();
-    let ip_key = req
-        .peer
-        .map(|ip| crate::proxy::throttle_key(ip, cfg.throttle_ipv6_prefix))
-        .unwrap_or_default();
+    let email_key = super::email_throttle_key(&user.email);
+    let ip_key = super::client_throttle_key(ctx, req);
     let stored = {
         let mut conn = ctx.conn()?;
         if let Throttle::Refused(secs) = conn.throttle_hit(
