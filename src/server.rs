@@ -501,20 +501,23 @@ pub fn respond(ctx: &Ctx, req: &Request, matched: Matched) -> Result<Reply, ApiE
         Route::EmailVerifyResend => api::recovery::resend(ctx, req),
     };
     // CORS headers go on errors too, so that an allowed page can read them.
-    let reply = reply.unwrap_or_else(|e| {
-        if let Some(line) = e.log_line() {
-            log::error!(
-                "{} {}: {line}",
-                log_field(&req.method),
-                log_field(req.path())
-            );
-        }
-        e.into_reply()
-    });
+    let reply = reply.unwrap_or_else(|e| error_reply(req, e));
     Ok(match cors {
         Some(origin) => http::with_cors(reply, origin),
         None => reply,
     })
+}
+
+/// The reply for an error; a 5xx is logged here, once, with its causes.
+fn error_reply(req: &Request, e: ApiError) -> Reply {
+    if let Some(line) = e.log_line() {
+        log::error!(
+            "{} {}: {line}",
+            log_field(&req.method),
+            log_field(req.path())
+        );
+    }
+    e.into_reply()
 }
 
 /// The tiny_http response for a reply, with the headers every response carries.
@@ -563,16 +566,7 @@ fn finish(
     result: Result<Reply, ApiError>,
     started: Instant,
 ) {
-    let reply = result.unwrap_or_else(|e| {
-        if let Some(line) = e.log_line() {
-            log::error!(
-                "{} {}: {line}",
-                log_field(&req.method),
-                log_field(req.path())
-            );
-        }
-        e.into_reply()
-    });
+    let reply = result.unwrap_or_else(|e| error_reply(req, e));
     let status = reply.status;
     let route = router::route_of(&req.target).map_or(metrics::OTHER_ROUTE, Route::metrics_index);
     // Counted before the client can read the answer, so that a /metrics it asks for next
