@@ -9,6 +9,16 @@ use r2d2_postgres::PostgresConnectionManager;
 pub mod recovery;
 
 /// Schema steps, applied in order; the files are never edited once landed.
+/// The columns [`SessionPair::from_row`] reads, in its order, for a `RETURNING` clause:
+/// the session id, its generation, and the seconds left to its absolute and idle ends
+/// (database clock).
+macro_rules! session_pair {
+    () => {
+        "id, generation, extract(epoch FROM expires_at - now())::float8, \
+         extract(epoch FROM idle_expires_at - now())::float8"
+    };
+}
+
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (
         1,
@@ -222,7 +232,7 @@ impl Conn {
                      RETURNING t.scope::text, t.failures, \
                        ceil(extract(epoch FROM t.window_start + make_interval(secs => $3) - now()))::float8",
                 )?,
-                login_succeeded: c.prepare(
+                login_succeeded: c.prepare(concat!(
                     // Rows are locked in (scope, key) order, 'e' before 'i', as throttle_hit's
                     // INSERT locks them: two logins to one account cannot deadlock.
                     "WITH locked AS (SELECT scope, key FROM authd_login_throttle \
@@ -237,9 +247,9 @@ impl Conn {
                      INSERT INTO authd_session (user_id, idle_expires_at, expires_at, user_agent, ip) \
                      SELECT u.id, least(now() + make_interval(secs => $6), now() + make_interval(secs => $7)), \
                        now() + make_interval(secs => $7), $8, $9 FROM u \
-                     RETURNING id, generation, extract(epoch FROM expires_at - now())::float8, \
-                       extract(epoch FROM idle_expires_at - now())::float8",
-                )?,
+                     RETURNING ",
+                    session_pair!()
+                ))?,
                 current_session_user: c.prepare(
                     "SELECT u.id, u.name, u.email FROM accounts_user u \
                      JOIN authd_session s ON s.user_id = u.id \
@@ -802,13 +812,14 @@ impl Conn {
         }
         let outcome = if generation == current {
             let r = tx.query_one(
-                "UPDATE authd_session SET generation = generation + 1, rotated_at = now(), \
-                   last_used_at = now(), \
-                   idle_expires_at = least(now() + make_interval(secs => $2), expires_at), \
-                   user_agent = $3, ip = $4 \
-                 WHERE id = $1 RETURNING id, generation, \
-                   extract(epoch FROM expires_at - now())::float8, \
-                   extract(epoch FROM idle_expires_at - now())::float8",
+                concat!(
+                    "UPDATE authd_session SET generation = generation + 1, rotated_at = now(), \
+                       last_used_at = now(), \
+                       idle_expires_at = least(now() + make_interval(secs => $2), expires_at), \
+                       user_agent = $3, ip = $4 \
+                     WHERE id = $1 RETURNING ",
+                    session_pair!()
+                ),
                 &[
                     &session,
                     &lifetimes.idle.as_secs_f64(),
@@ -939,12 +950,14 @@ impl Conn {
             &[&user, &session],
         )?;
         let Some(r) = tx.query_opt(
-            "UPDATE authd_session SET generation = generation + 1, rotated_at = now(), \
-               last_used_at = now(), \
-               idle_expires_at = least(now() + make_interval(secs => $3), expires_at) \
-             WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > now() \
-             RETURNING id, generation, extract(epoch FROM expires_at - now())::float8, \
-               extract(epoch FROM idle_expires_at - now())::float8",
+            concat!(
+                "UPDATE authd_session SET generation = generation + 1, rotated_at = now(), \
+                   last_used_at = now(), \
+                   idle_expires_at = least(now() + make_interval(secs => $3), expires_at) \
+                 WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > now() \
+                 RETURNING ",
+                session_pair!()
+            ),
             &[&session, &user, &lifetimes.idle.as_secs_f64()],
         )?
         else {
