@@ -376,3 +376,55 @@ fn x_forwarded_for_is_honoured_from_a_trusted_proxy() {
         s.log_text()
     );
 }
+
+/// The scheduling attributes of each of authd's threads, by thread name:
+/// (name, nice, slice in ns as sched_getattr(2) reports it; 0 before Linux 6.12).
+fn thread_attrs(pid: u32) -> Vec<(String, i32, u64)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap();
+        let Ok(tid) = t.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let (Ok(name), Ok(attr)) = (
+            std::fs::read_to_string(t.path().join("comm")),
+            uapi::sched_getattr(tid, 0),
+        ) else {
+            continue; // the thread has ended
+        };
+        out.push((name.trim().to_string(), attr.sched_nice, attr.sched_runtime));
+    }
+    out
+}
+
+/// The hashing threads run at nice 10 with the shortest scheduler slice, so that bcrypt
+/// yields a core at once to a cheap request's threads; every other thread keeps the
+/// defaults (BENCHMARKS.md, the login-flood tail).
+#[test]
+fn the_hashing_threads_yield_at_once_and_no_other_thread_is_lowered() {
+    let db = TestDb::new();
+    let s = Server::start(&db);
+    let mut attrs = Vec::new();
+    let lowered = eventually(Duration::from_secs(5), || {
+        attrs = thread_attrs(s.pid());
+        let hashers = attrs.iter().filter(|a| a.0.starts_with("hasher-"));
+        hashers.clone().count() > 0 && hashers.clone().all(|a| a.1 == 10)
+    });
+    assert!(lowered, "hashing threads not at nice 10: {attrs:?}");
+    let default_slice = attrs
+        .iter()
+        .find(|(name, _, _)| name.starts_with("worker-"))
+        .map(|a| a.2)
+        .expect("a fast worker");
+    for (name, nice, slice) in &attrs {
+        if name.starts_with("hasher-") {
+            // A kernel that reports slices (6.12 and later) has taken ours.
+            if default_slice != 0 {
+                assert_eq!(*slice, 100_000, "{name}: {attrs:?}");
+            }
+        } else {
+            assert_eq!(*nice, 0, "{name} was lowered: {attrs:?}");
+            assert_eq!(*slice, default_slice, "{name}: {attrs:?}");
+        }
+    }
+}
