@@ -394,8 +394,8 @@ fn spawn_workers(
         .collect()
 }
 
-/// Lowers the calling thread's priority (Linux keeps one per thread): nice `nice`, and the
-/// shortest scheduler slice there is, [`HASH_SLICE`].
+/// Lowers the calling thread's priority (Linux keeps one per thread): its nice value by
+/// `by`, and its scheduler slice to the shortest there is, [`HASH_SLICE`].
 ///
 /// The nice value gives a hashing thread a small share of a contended core. The slice
 /// decides how soon it yields that core: Linux's scheduler (EEVDF) lets a thread it has
@@ -403,19 +403,23 @@ fn spawn_workers(
 /// slice every wake-up of a cheap request's threads (a worker, its PostgreSQL backend, the
 /// client) could wait out a bcrypt thread's time. With the shortest slice they wait
 /// 0.1 ms at most; across autogroups too, since a group's slice is its shortest member's.
-/// Without a hashing thread waiting to run nothing changes: a slice is not a quota.
-/// Kernels before 6.12 take the call and ignore the slice.
-fn lower_priority(nice: i32) -> io::Result<()> {
-    let mut attr: uapi::c::sched_attr = uapi::pod_zeroed();
-    attr.sched_policy = uapi::c::SCHED_OTHER as u32;
-    attr.sched_nice = nice;
-    attr.sched_runtime = HASH_SLICE.as_nanos() as u64;
-    if uapi::sched_setattr(0, &attr, 0).is_ok() {
-        return Ok(());
+/// When nothing else wants the cores, nothing changes: a slice is not a quota. Kernels
+/// before 6.12 take the call and ignore the slice; where the call is refused, or the thread
+/// has a scheduling policy of the operator's own, only the nice value changes.
+fn lower_priority(by: i32) -> io::Result<()> {
+    let fair = [uapi::c::SCHED_OTHER as u32, uapi::c::SCHED_BATCH as u32];
+    // sched_setattr sets a nice value rather than adding to it: start from the thread's
+    // own (a service may run all of authd at a nice value of its own).
+    if let Ok(mut attr) = uapi::sched_getattr(0, 0)
+        && fair.contains(&attr.sched_policy)
+    {
+        attr.sched_nice = (attr.sched_nice + by).min(19);
+        attr.sched_runtime = HASH_SLICE.as_nanos() as u64;
+        if uapi::sched_setattr(0, &attr, 0).is_ok() {
+            return Ok(());
+        }
     }
-    rustix::process::nice(nice)
-        .map(drop)
-        .map_err(io::Error::from)
+    rustix::process::nice(by).map(drop).map_err(io::Error::from)
 }
 
 /// The request as handlers see it. The body is already in memory (tiny_http read it on

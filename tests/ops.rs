@@ -397,20 +397,20 @@ fn thread_attrs(pid: u32) -> Vec<(String, i32, u64)> {
     out
 }
 
-/// The hashing threads run at nice 10 with the shortest scheduler slice, so that bcrypt
-/// yields a core at once to a cheap request's threads; every other thread keeps the
-/// defaults (BENCHMARKS.md, the login-flood tail).
-#[test]
-fn the_hashing_threads_yield_at_once_and_no_other_thread_is_lowered() {
-    let db = TestDb::new();
-    let s = Server::start(&db);
+/// Checks that the hashing threads of `s` run `base` + 10 with the shortest scheduler slice
+/// and that every other thread kept `base` and the default slice.
+fn assert_only_hashers_lowered(s: &Server, base: i32) {
     let mut attrs = Vec::new();
     let lowered = eventually(Duration::from_secs(5), || {
         attrs = thread_attrs(s.pid());
         let hashers = attrs.iter().filter(|a| a.0.starts_with("hasher-"));
-        hashers.clone().count() > 0 && hashers.clone().all(|a| a.1 == 10)
+        hashers.clone().count() > 0 && hashers.clone().all(|a| a.1 == base + 10)
     });
-    assert!(lowered, "hashing threads not at nice 10: {attrs:?}");
+    assert!(
+        lowered,
+        "hashing threads not at nice {}: {attrs:?}",
+        base + 10
+    );
     let default_slice = attrs
         .iter()
         .find(|(name, _, _)| name.starts_with("worker-"))
@@ -423,8 +423,35 @@ fn the_hashing_threads_yield_at_once_and_no_other_thread_is_lowered() {
                 assert_eq!(*slice, 100_000, "{name}: {attrs:?}");
             }
         } else {
-            assert_eq!(*nice, 0, "{name} was lowered: {attrs:?}");
+            assert_eq!(*nice, base, "{name} was changed: {attrs:?}");
             assert_eq!(*slice, default_slice, "{name}: {attrs:?}");
         }
     }
+}
+
+/// The hashing threads run at nice 10 with the shortest scheduler slice, so that bcrypt
+/// yields a core at once to a cheap request's threads; every other thread keeps the
+/// defaults (BENCHMARKS.md, the login-flood tail).
+#[test]
+fn the_hashing_threads_yield_at_once_and_no_other_thread_is_lowered() {
+    let db = TestDb::new();
+    assert_only_hashers_lowered(&Server::start(&db), 0);
+}
+
+/// Started at nice 5 (as a service with `Nice=5` is), the hashing threads go 10 lower
+/// from there, not to 10.
+#[test]
+fn the_hashing_threads_are_lowered_from_the_nice_value_authd_was_started_with() {
+    let db = TestDb::new();
+    let mut cmd = std::process::Command::new("nice");
+    cmd.args(["-n", "5", env!("CARGO_BIN_EXE_authd")])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(std::env::temp_dir())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in base_env(&db) {
+        cmd.env(k, v);
+    }
+    assert_only_hashers_lowered(&Server::from_command(cmd), 5);
 }
