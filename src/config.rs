@@ -152,7 +152,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "the seed's names",
     ),
     ("BIND", "127.0.0.1:8000", "listen address"),
-    ("WORKERS", "4 x cores", "request threads"),
+    ("WORKERS", "2 x cores", "request threads"),
     ("DB_POOL_SIZE", "WORKERS + cores", "pooled connections"),
     (
         "DB_TIMEOUT",
@@ -334,7 +334,9 @@ impl Config {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
-        let workers = num(&get, "WORKERS", 4 * cores, 1, 1024)?;
+        // Two per core: enough to keep the cores busy while some wait on PostgreSQL; more only
+        // add PostgreSQL backends and switching (BENCHMARKS.md, "WORKERS and DB_POOL_SIZE").
+        let workers = num(&get, "WORKERS", 2 * cores, 1, 1024)?;
         let hash_workers = cores.clamp(1, 64);
         let db_pool_size = num(&get, "DB_POOL_SIZE", workers + hash_workers, 1, 1024)? as u32;
         let db_timeout = secs(&get, "DB_TIMEOUT", 3, 1, 600)?;
