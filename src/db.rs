@@ -617,79 +617,86 @@ fn apply(client: &mut Client) -> Result<usize, String> {
 
 /// Records the canonical email (computed in Rust) of every user that has none yet: all of
 /// them after the migration that adds the table, and those Django made since. Addresses
-/// whose canonical forms collide (two accounts for one mailbox) are named and nothing is
-/// written: they must be merged or renamed first.
+/// whose canonical forms collide (two accounts for one mailbox) are named and the caller's
+/// transaction is not committed: they must be merged or renamed first.
+///
+/// The users are read and recorded in batches of [`CANONICAL_BATCH`], by id, so that the
+/// memory this takes does not grow with the table: a database taken over from Django may
+/// hold millions of users, and authd may run on a small host.
 fn record_canonical_emails(tx: &mut postgres::Transaction<'_>) -> Result<usize, String> {
-    let missing: Vec<(i64, String)> = tx
-        .query(
-            "SELECT u.id, u.email FROM accounts_user u WHERE NOT EXISTS \
-             (SELECT 1 FROM authd_user_email c WHERE c.user_id = u.id) ORDER BY u.id",
-            &[],
+    let e = |e: postgres::Error| error_text(&e);
+    let next = tx
+        .prepare(
+            "SELECT u.id, u.email FROM accounts_user u WHERE u.id > $1 AND NOT EXISTS \
+             (SELECT 1 FROM authd_user_email c WHERE c.user_id = u.id) ORDER BY u.id LIMIT $2",
         )
-        .map_err(|e| error_text(&e))?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    if missing.is_empty() {
-        return Ok(0);
-    }
-    let mut by_key: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for (_, email) in &missing {
-        by_key
-            .entry(crate::domain::email_key(email))
-            .or_default()
-            .push(email.clone());
-    }
-    let keys: Vec<String> = by_key.keys().cloned().collect();
-    for r in tx
-        .query(
-            "SELECT c.canonical, u.email FROM authd_user_email c JOIN accounts_user u \
-             ON u.id = c.user_id WHERE c.canonical = ANY($1)",
-            &[&keys],
+        .map_err(e)?;
+    // A form already taken (by an earlier user, or earlier in the same batch) is skipped
+    // here and named below.
+    let insert = tx
+        .prepare(
+            "INSERT INTO authd_user_email (user_id, canonical) \
+             SELECT * FROM unnest($1::bigint[], $2::text[]) \
+             ON CONFLICT (canonical) DO NOTHING RETURNING user_id",
         )
-        .map_err(|e| error_text(&e))?
-    {
-        if let Some(list) = by_key.get_mut(&r.get::<_, String>(0)) {
-            list.push(r.get(1));
+        .map_err(e)?;
+    let holder = tx
+        .prepare(
+            "SELECT u.email FROM authd_user_email c JOIN accounts_user u ON u.id = c.user_id \
+             WHERE c.canonical = $1",
+        )
+        .map_err(e)?;
+    let (mut after, mut recorded, mut clashed) = (i64::MIN, 0, 0);
+    let mut named: Vec<String> = Vec::new();
+    loop {
+        let rows = tx.query(&next, &[&after, &CANONICAL_BATCH]).map_err(e)?;
+        let Some(last) = rows.last() else { break };
+        after = last.get(0);
+        let (ids, keys): (Vec<i64>, Vec<String>) = rows
+            .iter()
+            .map(|r| {
+                let key = crate::domain::email_key(r.get(1))
+                    .chars()
+                    .take(crate::domain::CANONICAL_MAX_CHARS)
+                    .collect();
+                (r.get::<_, i64>(0), key)
+            })
+            .unzip();
+        let inserted: std::collections::HashSet<i64> = tx
+            .query(&insert, &[&ids, &keys])
+            .map_err(e)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        recorded += inserted.len();
+        for (row, key) in rows.iter().zip(&keys) {
+            if inserted.contains(&row.get::<_, i64>(0)) {
+                continue;
+            }
+            clashed += 1;
+            if named.len() < 20 {
+                let email: String = row.get(1);
+                named.push(match tx.query_opt(&holder, &[key]).map_err(e)? {
+                    Some(r) => format!("{}, {email}", r.get::<_, String>(0)),
+                    None => email,
+                });
+            }
         }
     }
-    let clashes: Vec<String> = by_key
-        .values()
-        .filter(|v| v.len() > 1)
-        .take(20)
-        .map(|v| v.join(", "))
-        .collect();
-    if !clashes.is_empty() {
+    if clashed > 0 {
         return Err(format!(
             "accounts_user holds emails that reach one mailbox (the same canonical form: \
              letter case, Unicode compatibility forms, invisible characters or IDN spelling), \
-             so they cannot be kept as separate accounts; merge or rename them first: {}",
-            clashes.join("; ")
+             so they cannot be kept as separate accounts; merge or rename them first \
+             ({clashed} addresses): {}",
+            named.join("; ")
         ));
     }
-    // In batches: a database taken over from Django may hold millions of users.
-    let st = tx
-        .prepare(
-            "INSERT INTO authd_user_email (user_id, canonical) \
-             SELECT * FROM unnest($1::bigint[], $2::text[])",
-        )
-        .map_err(|e| error_text(&e))?;
-    for chunk in missing.chunks(10_000) {
-        let ids: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
-        let keys: Vec<String> = chunk
-            .iter()
-            .map(|(_, email)| {
-                crate::domain::email_key(email)
-                    .chars()
-                    .take(crate::domain::CANONICAL_MAX_CHARS)
-                    .collect()
-            })
-            .collect();
-        tx.execute(&st, &[&ids, &keys])
-            .map_err(|e| error_text(&e))?;
-    }
-    Ok(missing.len())
+    Ok(recorded)
 }
+
+/// Users read and recorded at a time by [`record_canonical_emails`].
+const CANONICAL_BATCH: i64 = 10_000;
 
 /// How long sessions live (`SESSION_IDLE_TIMEOUT`, `SESSION_MAX_AGE`, `REFRESH_REUSE_GRACE`).
 #[derive(Debug, Clone, Copy)]

@@ -163,28 +163,32 @@ fn trimmed(url: &str) -> &str {
 /// Finds the route for `method` and request target `url` (query string ignored, one
 /// trailing slash optional).
 pub fn route(method: &str, url: &str) -> Result<Matched, ApiError> {
-    let path = pattern(trimmed(url));
-    let (_, route, allow) = ROUTES
-        .iter()
-        .find(|(p, _, _)| *p == path)
-        .ok_or(ApiError::NotFound)?;
-    let wanted = if method == "HEAD" { "GET" } else { method };
-    if method == "OPTIONS" {
-        return Ok(Matched {
-            route: *route,
-            preflight: true,
-        });
-    }
-    if allow.split(", ").any(|m| m == wanted) {
-        Ok(Matched {
-            route: *route,
-            preflight: false,
-        })
-    } else {
-        Err(ApiError::MethodNotAllowed {
-            method: method.to_string(),
-            allow,
-        })
+    route_of(url).ok_or(ApiError::NotFound)?.matched(method)
+}
+
+impl Route {
+    /// The endpoint's answer to `method`: matched (`OPTIONS` as a preflight, `HEAD` as
+    /// `GET`), or 405 naming what it allows.
+    pub fn matched(self, method: &str) -> Result<Matched, ApiError> {
+        if method == "OPTIONS" {
+            return Ok(Matched {
+                route: self,
+                preflight: true,
+            });
+        }
+        let wanted = if method == "HEAD" { "GET" } else { method };
+        let allow = self.allow();
+        if allow.split(", ").any(|m| m == wanted) {
+            Ok(Matched {
+                route: self,
+                preflight: false,
+            })
+        } else {
+            Err(ApiError::MethodNotAllowed {
+                method: method.to_string(),
+                allow,
+            })
+        }
     }
 }
 

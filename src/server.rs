@@ -296,6 +296,8 @@ fn background(ctx: &Arc<Ctx>, stop: &Shutdown) {
 /// A request on its way to a worker, with the router's decision.
 struct Job {
     rq: tiny_http::Request,
+    /// The endpoint its path names, if any (for the metrics, whatever the method).
+    endpoint: Option<Route>,
     routed: Result<Matched, ApiError>,
     queued: Instant,
 }
@@ -313,10 +315,14 @@ impl Lanes {
     /// the hashing lane (503 at once when that is full, rather than an unbounded wait), so
     /// that logins can never occupy the fast workers; any other is served here and now.
     fn take(&self, rq: tiny_http::Request) {
-        let routed = router::route(rq.method().as_str(), rq.url());
+        let endpoint = router::route_of(rq.url());
+        let routed = endpoint
+            .ok_or(ApiError::NotFound)
+            .and_then(|r| r.matched(rq.method().as_str()));
         let hashes = matches!(&routed, Ok(m) if !m.preflight && m.route.hashes());
         let job = Job {
             rq,
+            endpoint,
             routed,
             queued: Instant::now(),
         };
@@ -347,7 +353,7 @@ fn spawn_refuser(ctx: &Arc<Ctx>, rx: Receiver<Job>) -> io::Result<JoinHandle<()>
             for job in rx {
                 let e = ApiError::Unavailable("request queue is full".into());
                 let req = owned(&ctx, &job.rq, Body::None);
-                finish(&ctx, job.rq, &req, Err(e), job.queued);
+                finish(&ctx, job.rq, job.endpoint, &req, Err(e), job.queued);
             }
         })
 }
@@ -472,6 +478,7 @@ fn body_of(rq: &mut tiny_http::Request, max: usize) -> io::Result<Body> {
 fn handle(ctx: &Ctx, job: Job) {
     let Job {
         mut rq,
+        endpoint,
         routed,
         queued,
     } = job;
@@ -491,7 +498,7 @@ fn handle(ctx: &Ctx, job: Job) {
             Err(e) => Err(e),
         },
     };
-    finish(ctx, rq, &req, result, queued);
+    finish(ctx, rq, endpoint, &req, result, queued);
 }
 
 /// The reply for a routed request: CORS, the CSRF check on unsafe methods, the handler.
@@ -587,17 +594,19 @@ pub fn log_field(s: &str) -> String {
     out
 }
 
-/// Writes the reply (or the error's), counts it, and logs one access line.
+/// Writes the reply (or the error's), counts it under `endpoint` (the router's, not looked
+/// up again), and logs one access line.
 fn finish(
     ctx: &Ctx,
     rq: tiny_http::Request,
+    endpoint: Option<Route>,
     req: &Request,
     result: Result<Reply, ApiError>,
     started: Instant,
 ) {
     let reply = result.unwrap_or_else(|e| error_reply(req, e));
     let status = reply.status;
-    let route = router::route_of(&req.target).map_or(metrics::OTHER_ROUTE, Route::metrics_index);
+    let route = endpoint.map_or(metrics::OTHER_ROUTE, Route::metrics_index);
     // Counted before the client can read the answer, so that a /metrics it asks for next
     // already includes this request.
     let took = started.elapsed();

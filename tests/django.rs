@@ -348,3 +348,51 @@ fn a_django_password_longer_than_72_bytes_still_logs_in() {
     s.login("pbkdf2-1k@example.com", long).expect(200);
     s.login("pbkdf2-1k@example.com", &long[..72]).expect(401);
 }
+
+/// A Django database of 25,000 users (more than two of the backfill's batches) gets every
+/// canonical email recorded; a collision in the last batch stops it with nothing written,
+/// and once removed the next migrate records them all.
+#[test]
+fn migrate_records_canonical_emails_batch_by_batch_and_refuses_a_late_collision() {
+    let db = django_db();
+    db.client()
+        .batch_execute(
+            "INSERT INTO accounts_user (password, is_superuser, first_name, last_name, is_staff, \
+             is_active, date_joined, name, email) SELECT '!x', false, '', '', false, true, \
+             now(), 'Many ' || g, 'many' || g || '@example.com' FROM generate_series(1, 25000) g; \
+             INSERT INTO accounts_user (password, is_superuser, first_name, last_name, is_staff, \
+             is_active, date_joined, name, email) VALUES ('!x', false, '', '', false, true, \
+             now(), 'Twin', 'ＭＡＮＹ7@example.com')",
+        )
+        .unwrap();
+    let tables = texts(&db, TABLES);
+    let out = migrate(&db);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("many7@example.com, ＭＡＮＹ7@example.com"),
+        "{err}"
+    );
+    assert_eq!(texts(&db, TABLES), tables, "nothing committed");
+    db.client()
+        .batch_execute("DELETE FROM accounts_user WHERE name = 'Twin'")
+        .unwrap();
+    let out = migrate(&db);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM authd_user_email"),
+        db.count("SELECT count(*) FROM accounts_user")
+    );
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM authd_user_email c JOIN accounts_user u ON u.id = c.user_id \
+             WHERE c.canonical <> lower(u.email)"
+        ),
+        0,
+        "every form recorded against its own user"
+    );
+}
