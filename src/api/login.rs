@@ -4,7 +4,6 @@ use serde_json::Map;
 
 use super::{string_field, user_json};
 use crate::Ctx;
-use crate::db::Throttle;
 use crate::error::ApiError;
 use crate::http::{Reply, Request};
 use crate::metrics::Login;
@@ -23,17 +22,10 @@ pub fn login(ctx: &Ctx, req: &Request) -> Result<Reply, ApiError> {
     let email = email.trim();
     let email_key = super::email_throttle_key(email);
     let ip_key = super::client_throttle_key(ctx, req);
-    let cfg = &ctx.config;
 
     let found = {
         let mut conn = ctx.conn()?;
-        if let Throttle::Refused(secs) = conn.throttle_hit(
-            &email_key,
-            &ip_key,
-            cfg.login_window,
-            cfg.login_max_failures,
-            cfg.login_max_failures_per_ip,
-        )? {
+        if let Some(secs) = super::count_password_attempt(ctx, &mut conn, &email_key, &ip_key)? {
             log::info!("login throttled");
             ctx.metrics.login(Login::Throttled);
             return Err(ApiError::Throttled(secs));

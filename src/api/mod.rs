@@ -12,7 +12,7 @@ pub mod user;
 use serde_json::{Map, Value, json};
 
 use crate::Ctx;
-use crate::db::User;
+use crate::db::{Conn, Throttle, User};
 use crate::error::ApiError;
 use crate::http::Request;
 use crate::token::Verified;
@@ -60,6 +60,30 @@ pub fn email_throttle_key(email: &str) -> String {
         .chars()
         .take(MAX_THROTTLE_KEY_CHARS)
         .collect()
+}
+
+/// Counts one attempt at an account's password (a login, or a password change's old
+/// password) against the login throttle (`LOGIN_WINDOW`, `LOGIN_MAX_FAILURES`,
+/// `LOGIN_MAX_FAILURES_PER_IP`): the seconds to wait when the email or the client is over
+/// its limit.
+pub fn count_password_attempt(
+    ctx: &Ctx,
+    conn: &mut Conn,
+    email_key: &str,
+    ip_key: &str,
+) -> Result<Option<u64>, ApiError> {
+    let cfg = &ctx.config;
+    let hit = conn.throttle_hit(
+        email_key,
+        ip_key,
+        cfg.login_window,
+        cfg.login_max_failures,
+        cfg.login_max_failures_per_ip,
+    )?;
+    Ok(match hit {
+        Throttle::Refused(secs) => Some(secs),
+        Throttle::Allowed => None,
+    })
 }
 
 /// The throttle's key for the request's client address (IPv6 per network).

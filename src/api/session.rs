@@ -8,7 +8,7 @@ use serde_json::{Map, json};
 
 use super::string_field;
 use crate::Ctx;
-use crate::db::{Refreshed, SessionClient, SessionPair, Throttle};
+use crate::db::{Refreshed, SessionClient, SessionPair};
 use crate::domain::Password;
 use crate::error::ApiError;
 use crate::http::{Reply, Request};
@@ -170,18 +170,11 @@ pub fn change_password(ctx: &Ctx, req: &Request) -> Result<Reply, ApiError> {
     let (Some(old), Some(new)) = (old, new) else {
         return Err(ApiError::Validation(errors));
     };
-    let cfg = &ctx.config;
     let email_key = super::email_throttle_key(&user.email);
     let ip_key = super::client_throttle_key(ctx, req);
     let stored = {
         let mut conn = ctx.conn()?;
-        if let Throttle::Refused(secs) = conn.throttle_hit(
-            &email_key,
-            &ip_key,
-            cfg.login_window,
-            cfg.login_max_failures,
-            cfg.login_max_failures_per_ip,
-        )? {
+        if let Some(secs) = super::count_password_attempt(ctx, &mut conn, &email_key, &ip_key)? {
             return Err(ApiError::Throttled(secs));
         }
         conn.password_of(user.id)?
