@@ -31,6 +31,7 @@ CORES = os.cpu_count() or 1
 QUICK = "--quick" in sys.argv
 DUR = 3 if QUICK else 6
 BARE_ROUNDS = 1 if QUICK else 5  # authd and the bare stack in turn, at 64 connections
+BESIDE_SECS = max(DUR // 2, 3)  # each GET /api/user/ run beside a login flood or busy loops
 PG_PORT = sys.argv[1]
 PASSWORD = "Password123"
 SECRET = secrets.token_urlsafe(48)  # one key for every server of the run: the cookie stays valid
@@ -290,23 +291,28 @@ def set_autogroup(value):
             f.write(value)
 
 
+def user_beside(port, cookie, what, prefix=""):
+    """GET /api/user/ at 16 and 64 connections, BESIDE_SECS each, while `what` runs: rows."""
+    rows = []
+    for c in (16, 64):
+        r = wrk(port, "/api/user/", c, secs=BESIDE_SECS, cookie=cookie, label=f"user c={c}, {what}")
+        rows.append(latency_row(f"{prefix}GET /api/user/, {c} conn, {what}", r))
+    return rows
+
+
 def login_flood(port, cookie, label):
     """GET /api/user/ at 16 and 64 connections while 16 other clients flood the login: rows
     for the table. The flood's own connections are checked after the user runs beside it
     have ended."""
-    user_secs = max(DUR // 2, 3)
-    flood_secs = 2 + 2 * user_secs + 4
+    flood_secs = 2 + 2 * BESIDE_SECS + 4
     flood = {}
     t = threading.Thread(target=lambda: flood.update(wrk(
         port, "/api/login/", 16, secs=flood_secs, script=LOGIN, label=f"login flood, {label}",
         sample_at=(flood_secs - 2) / flood_secs)))
     t.start()
-    rows = []
     try:
         time.sleep(2)
-        for c in (16, 64):
-            r = wrk(port, "/api/user/", c, secs=user_secs, cookie=cookie, label=f"user under login flood c={c}, {label}")
-            rows.append(latency_row(f"GET /api/user/, {c} conn, during a login flood, {label}", r))
+        rows = user_beside(port, cookie, "during a login flood, " + label)
     finally:
         t.join()
     time.sleep(4)  # let the queued logins finish before the next figures
@@ -573,13 +579,10 @@ def run(db):
     # The control: the same load while two busy loops at the lowest priority there is
     # (SCHED_IDLE) hold the cores. No bcrypt, no authd change: what the machine's scheduler
     # alone does to the tail when the CPU is saturated.
-    user_secs = max(DUR // 2, 3)
     hogs = [subprocess.Popen(["chrt", "-i", "0", "sh", "-c", "while :; do :; done"]) for _ in range(CORES)]
     try:
         time.sleep(1)
-        for c in (16, 64):
-            r = wrk(port, "/api/user/", c, secs=user_secs, cookie=cookie, label=f"user beside idle-priority busy loops c={c}")
-            rows.append(latency_row(f"control: GET /api/user/, {c} conn, beside {CORES} SCHED_IDLE busy loops", r))
+        rows.extend(user_beside(port, cookie, f"beside {CORES} SCHED_IDLE busy loops", prefix="control: "))
     finally:
         for h in hogs:
             h.kill()
