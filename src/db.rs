@@ -37,6 +37,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (4, "0004_sessions", include_str!("../sql/0004_sessions.sql")),
     (5, "0005_recovery", include_str!("../sql/0005_recovery.sql")),
+    (
+        6,
+        "0006_session_user",
+        include_str!("../sql/0006_session_user.sql"),
+    ),
 ];
 
 /// Advisory lock key held while migrating, so that instances starting together take turns.
@@ -243,18 +248,20 @@ impl Conn {
                        FROM locked l WHERE t.scope = l.scope AND t.key = l.key), \
                      u AS (UPDATE accounts_user SET last_login = now(), \
                        password = CASE WHEN password = $4 THEN $5 ELSE password END \
-                     WHERE id = $1 RETURNING id) \
-                     INSERT INTO authd_session (user_id, idle_expires_at, expires_at, user_agent, ip) \
+                     WHERE id = $1 RETURNING id, name, email, is_active) \
+                     INSERT INTO authd_session (user_id, idle_expires_at, expires_at, user_agent, ip, \
+                       user_name, user_email, user_active) \
                      SELECT u.id, least(now() + make_interval(secs => $6), now() + make_interval(secs => $7)), \
-                       now() + make_interval(secs => $7), $8, $9 FROM u \
+                       now() + make_interval(secs => $7), $8, $9, u.name, u.email, u.is_active FROM u \
                      RETURNING ",
                     session_pair!()
                 ))?,
                 current_session_user: c.prepare(
-                    "SELECT u.id, u.name, u.email FROM accounts_user u \
-                     JOIN authd_session s ON s.user_id = u.id \
-                     WHERE s.id = $2 AND u.id = $1 AND u.is_active AND s.revoked_at IS NULL \
-                     AND s.expires_at > now() AND s.idle_expires_at > now()",
+                    // One row: the session carries its user's name, email and is_active, kept
+                    // exact by triggers (sql/0006_session_user.sql).
+                    "SELECT user_id, user_name, user_email FROM authd_session \
+                     WHERE id = $2 AND user_id = $1 AND user_active AND revoked_at IS NULL \
+                     AND expires_at > now() AND idle_expires_at > now()",
                 )?,
                 revoke: c.prepare(
                     "INSERT INTO authd_revoked_token (token_key, user_id, expires_at) \

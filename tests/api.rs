@@ -700,7 +700,7 @@ fn the_schema_is_the_seeds_accounts_user_plus_authds_own_tables() {
             "password"
         ]
     );
-    assert_eq!(db.count("SELECT count(*) FROM authd_schema_migrations"), 5);
+    assert_eq!(db.count("SELECT count(*) FROM authd_schema_migrations"), 6);
 }
 
 #[test]

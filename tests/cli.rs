@@ -121,7 +121,7 @@ fn migrate_applies_the_schema_once_and_is_safe_to_rerun() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    assert_eq!(db.count("SELECT count(*) FROM authd_schema_migrations"), 5);
+    assert_eq!(db.count("SELECT count(*) FROM authd_schema_migrations"), 6);
     assert_eq!(db.count("SELECT count(*) FROM accounts_user"), 0);
 }
 
@@ -149,7 +149,7 @@ fn the_seeds_db_settings_are_understood() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(db.count("SELECT count(*) FROM authd_schema_migrations"), 5);
+    assert_eq!(db.count("SELECT count(*) FROM authd_schema_migrations"), 6);
 }
 
 #[test]
@@ -172,7 +172,7 @@ fn instances_migrating_at_once_do_not_collide() {
     for o in outs {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    assert_eq!(db.count("SELECT count(*) FROM authd_schema_migrations"), 5);
+    assert_eq!(db.count("SELECT count(*) FROM authd_schema_migrations"), 6);
 }
 
 fn db_env(db: &TestDb) -> Vec<(&'static str, String)> {

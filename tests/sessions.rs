@@ -1653,3 +1653,295 @@ fn deactivate_user_ends_its_sessions_and_refuses_its_login() {
     let out = authd(&["deactivate-user", "--email", "nobody@example.com"], &env);
     assert_eq!(out.status.code(), Some(3));
 }
+
+/// `GET /api/user/` with this access token: 200 and the body.
+fn whoami(s: &Server, jwt: &str) -> Value {
+    call(
+        s,
+        "GET",
+        "/api/user/",
+        &[("Cookie", &format!("jwt={jwt}"))],
+        None,
+    )
+    .expect(200)
+}
+
+/// The user's name, email and is_active as the session row of `sid` carries them.
+fn session_copy(db: &TestDb, sid: i64) -> (String, String, bool) {
+    let r = db
+        .client()
+        .query_one(
+            "SELECT user_name, user_email, user_active FROM authd_session WHERE id = $1",
+            &[&sid],
+        )
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2))
+}
+
+#[test]
+fn a_change_of_the_user_by_another_writer_shows_at_once_on_its_live_sessions() {
+    // The session check reads the user from the session row; Django or an operator's SQL
+    // writing accounts_user must be seen by the next request, as with a join.
+    let db = TestDb::new();
+    let s = Server::start(&db);
+    let a = signup(&s, "a@example.com");
+    let b = login(&s, "a@example.com");
+    let other = signup(&s, "o@example.com");
+    db.client()
+        .execute(
+            "UPDATE accounts_user SET name = 'Renamed', email = 'new@example.com' \
+             WHERE email = 'a@example.com'",
+            &[],
+        )
+        .unwrap();
+    for p in [&a, &b] {
+        let v = whoami(&s, &p.jwt);
+        assert_eq!(
+            (&v["name"], &v["email"]),
+            (&json!("Renamed"), &json!("new@example.com"))
+        );
+    }
+    assert_eq!(whoami(&s, &other.jwt)["email"], "o@example.com");
+    assert_eq!(session_copy(&db, other.sid()).0, "Alice");
+
+    // A deactivation by SQL (no revocation) stops the sessions; reactivating restores them,
+    // as the join on accounts_user.is_active did.
+    let mut c = db.client();
+    c.execute(
+        "UPDATE accounts_user SET is_active = false WHERE email = 'new@example.com'",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(me(&s, &a.jwt), 401);
+    assert_eq!(me(&s, &b.jwt), 401);
+    assert_eq!(refresh(&s, &b.rt).status, 401);
+    assert_live(&s, &other);
+    c.execute(
+        "UPDATE accounts_user SET is_active = true WHERE email = 'new@example.com'",
+        &[],
+    )
+    .unwrap();
+    assert_live(&s, &a);
+
+    // A write that changes none of the three (authd's login writes last_login, Django's
+    // save() writes every column) does not write the sessions: their row version stays.
+    let version = |c: &mut postgres::Client| -> String {
+        c.query_one(
+            "SELECT xmin::text FROM authd_session WHERE id = $1",
+            &[&a.sid()],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let before = version(&mut c);
+    c.execute(
+        "UPDATE accounts_user SET last_login = now(), name = name, email = email, \
+         is_active = is_active WHERE email = 'new@example.com'",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(version(&mut c), before);
+    // A change of letter case alone is a change.
+    c.execute(
+        "UPDATE accounts_user SET name = 'RENAMED' WHERE email = 'new@example.com'",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(whoami(&s, &a.jwt)["name"], "RENAMED");
+}
+
+#[test]
+fn a_session_inserted_without_the_user_copy_takes_it_from_its_user() {
+    // An instance of an older authd, during a rolling upgrade, inserts sessions as 0004 made
+    // them; the row must still carry its user, or that login's token would not work here.
+    let db = TestDb::new();
+    let s = Server::start(&db);
+    let a = signup(&s, "a@example.com");
+    let sid: i64 = db
+        .client()
+        .query_one(
+            "INSERT INTO authd_session (user_id, idle_expires_at, expires_at) \
+             SELECT user_id, idle_expires_at, expires_at FROM authd_session WHERE id = $1 \
+             RETURNING id",
+            &[&a.sid()],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        session_copy(&db, sid),
+        ("Alice".into(), "a@example.com".into(), true)
+    );
+    // Without a user there is nothing to copy, and the row is refused (NOT NULL comes
+    // before the foreign key).
+    let err = db
+        .client()
+        .execute(
+            "INSERT INTO authd_session (user_id, idle_expires_at, expires_at) \
+             VALUES (999999, now() + interval '1 hour', now() + interval '1 hour')",
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&postgres::error::SqlState::NOT_NULL_VIOLATION),
+        "{err}"
+    );
+}
+
+#[test]
+fn migrating_a_database_from_before_0006_copies_users_into_its_live_sessions() {
+    let db = TestDb::new();
+    let pair;
+    {
+        let s = Server::start(&db);
+        pair = signup(&s, "a@example.com");
+    }
+    // The schema as 0005 left it, with the session made then.
+    db.client()
+        .batch_execute(
+            "DROP TRIGGER authd_user_to_sessions ON accounts_user; \
+             DROP TRIGGER authd_session_copy_user ON authd_session; \
+             DROP FUNCTION authd_user_to_sessions(); DROP FUNCTION authd_session_copy_user(); \
+             ALTER TABLE authd_session DROP COLUMN user_name, DROP COLUMN user_email, \
+               DROP COLUMN user_active; \
+             DELETE FROM authd_schema_migrations WHERE version = 6",
+        )
+        .unwrap();
+    let s = Server::start(&db);
+    assert_eq!(db.count("SELECT count(*) FROM authd_schema_migrations"), 6);
+    assert_eq!(whoami(&s, &pair.jwt)["name"], "Alice");
+    assert_eq!(
+        session_copy(&db, pair.sid()),
+        ("Alice".into(), "a@example.com".into(), true)
+    );
+}
+
+#[test]
+fn a_login_racing_a_change_of_its_user_carries_the_change() {
+    // The rename commits while the login waits for the user's row: the new session must
+    // carry the new name, not the one its statement started with.
+    let db = TestDb::new();
+    let s = Server::start(&db);
+    signup(&s, "a@example.com");
+    let mut c = db.client();
+    let mut tx = c.transaction().unwrap();
+    tx.execute("UPDATE accounts_user SET name = 'Renamed'", &[])
+        .unwrap();
+    let addr = s.addr;
+    let waiting = thread::spawn(move || {
+        let body = json!({"email": "a@example.com", "password": PW}).to_string();
+        request(
+            addr,
+            "POST",
+            "/api/login/",
+            &[("Content-Type", "application/json")],
+            Some(body.as_bytes()),
+        )
+    });
+    let t0 = Instant::now();
+    while db.count(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND wait_event_type = 'Lock'",
+    ) == 0
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the login never waited"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    tx.commit().unwrap();
+    let r = waiting.join().unwrap();
+    // (The body is the user as read when the password was checked, before the wait.)
+    r.expect(200);
+    let p = pair_of(&r);
+    assert_eq!(session_copy(&db, p.sid()).0, "Renamed");
+    assert_eq!(whoami(&s, &p.jwt)["name"], "Renamed");
+}
+
+#[test]
+fn a_writer_with_rights_on_accounts_user_alone_can_still_change_a_user() {
+    // Django may run under a role of its own, with no rights on authd's tables: the trigger
+    // that copies its change to the sessions must not make its UPDATE fail.
+    let db = TestDb::new();
+    let s = Server::start(&db);
+    let a = signup(&s, "a@example.com");
+    let role = format!("{}_django", db.name);
+    let mut c = db.client();
+    c.batch_execute(&format!(
+        "CREATE ROLE {role}; GRANT SELECT, UPDATE ON accounts_user TO {role}; \
+         GRANT TEMPORARY ON DATABASE {} TO {role}",
+        db.name
+    ))
+    .unwrap();
+    // A temporary table of the writer's named authd_session must not stand in for authd's
+    // (the trigger runs with authd's rights).
+    let changed = c.batch_execute(&format!(
+        "SET ROLE {role}; \
+         CREATE TEMP TABLE authd_session (user_id bigint, user_name text, user_email text, \
+           user_active boolean); \
+         UPDATE accounts_user SET name = 'By Django'; \
+         DROP TABLE pg_temp.authd_session; RESET ROLE"
+    ));
+    c.batch_execute(&format!(
+        "RESET ROLE; REVOKE ALL ON accounts_user FROM {role}; \
+         REVOKE ALL ON DATABASE {} FROM {role}; DROP ROLE {role}",
+        db.name
+    ))
+    .unwrap();
+    changed.unwrap();
+    assert_eq!(whoami(&s, &a.jwt)["name"], "By Django");
+}
+
+#[test]
+fn a_change_of_a_user_during_the_0006_migration_reaches_its_sessions() {
+    // The migration locks accounts_user before it copies: a rename it has to wait for is
+    // in the copy, not lost between the copy and the trigger.
+    let db = TestDb::new();
+    let pair;
+    {
+        let s = Server::start(&db);
+        pair = signup(&s, "a@example.com");
+    }
+    let mut c = db.client();
+    c.batch_execute(
+        "DROP TRIGGER authd_user_to_sessions ON accounts_user; \
+         DROP TRIGGER authd_session_copy_user ON authd_session; \
+         DROP FUNCTION authd_user_to_sessions(); DROP FUNCTION authd_session_copy_user(); \
+         ALTER TABLE authd_session DROP COLUMN user_name, DROP COLUMN user_email, \
+           DROP COLUMN user_active; \
+         DELETE FROM authd_schema_migrations WHERE version = 6",
+    )
+    .unwrap();
+    let mut tx = c.transaction().unwrap();
+    tx.execute("UPDATE accounts_user SET name = 'Renamed'", &[])
+        .unwrap();
+    let env = base_env(&db);
+    let migrating = thread::spawn(move || {
+        let env = env_refs(&env);
+        authd(&["migrate"], &env)
+    });
+    let t0 = Instant::now();
+    while db.count(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND wait_event_type = 'Lock'",
+    ) == 0
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the migration never waited"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    tx.commit().unwrap();
+    let out = migrating.join().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(session_copy(&db, pair.sid()).0, "Renamed");
+    let s = Server::start(&db);
+    assert_eq!(whoami(&s, &pair.jwt)["name"], "Renamed");
+}
