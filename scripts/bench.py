@@ -30,7 +30,11 @@ BARE = os.path.join(ROOT, "target", "bare", "release", "bare")
 CORES = os.cpu_count() or 1
 QUICK = "--quick" in sys.argv
 DUR = 3 if QUICK else 6
-BARE_ROUNDS = 1 if QUICK else 5  # authd and the bare stack in turn, at 64 connections
+# authd and the bare stack in turn at 64 connections: short rounds, many of them, each pair
+# in alternating order (authd first, then the bare stack first), so that a shared VM's
+# drift falls on both alike.
+BARE_ROUNDS = 1 if QUICK else 11
+ROUND_SECS = DUR if QUICK else 3
 BESIDE_SECS = max(DUR // 2, 3)  # each GET /api/user/ run beside a login flood or busy loops
 PG_PORT = sys.argv[1]
 PASSWORD = "Password123"
@@ -520,13 +524,26 @@ def run(db):
         rows.append(latency_row(f"GET /api/user/, {c} conn", r))
         print(rows[-1], flush=True)
     # authd against the bare stack at 64 connections: rounds taken in turn, both servers up
-    # throughout, so that the drift of a shared VM falls on both alike; the median of each.
+    # throughout, the order within a round alternating; the median of each, and the median
+    # of the rounds' ratios (each ratio compares two runs seconds apart).
     bare = Bare(db, cookie) if os.path.exists(BARE) else None
     ours, theirs = [], []
     for i in range(BARE_ROUNDS if bare else 1):
-        ours.append(wrk(port, "/api/user/", 64, cookie=cookie, label=f"GET /api/user/ c=64, round {i + 1}", pid=srv.proc.pid))
-        if bare:
-            theirs.append(wrk(bare.port, "/", 64, cookie=cookie, label=f"bare stack c=64, round {i + 1}", pid=bare.proc.pid))
+        def authd_run():
+            ours.append(wrk(port, "/api/user/", 64, secs=ROUND_SECS, cookie=cookie,
+                            label=f"GET /api/user/ c=64, round {i + 1}", pid=srv.proc.pid))
+
+        def bare_run():
+            theirs.append(wrk(bare.port, "/", 64, secs=ROUND_SECS, cookie=cookie,
+                              label=f"bare stack c=64, round {i + 1}", pid=bare.proc.pid))
+        if not bare:
+            authd_run()
+        elif i % 2 == 0:
+            authd_run()
+            bare_run()
+        else:
+            bare_run()
+            authd_run()
     if bare:
         bare.stop()
     r = median_run(ours)
@@ -535,8 +552,10 @@ def run(db):
     if bare:
         b = median_run(theirs)
         rows.append(latency_row(f"the bare stack (bench/bare), 64 conn (median of {len(theirs)})", b))
+        ratios = [o["rps"] / t["rps"] for o, t in zip(ours, theirs)]
         rows.append(["authd / bare stack at 64 conn, round by round",
-                     ", ".join(f"{o['rps'] / t['rps']:.2f}" for o, t in zip(ours, theirs)),
+                     ", ".join(f"{x:.2f}" for x in ratios),
+                     f"median round: {sorted(ratios)[len(ratios) // 2]:.2f}x; "
                      f"medians: {r['rps'] / b['rps']:.2f}x", ""])
         rows.append(["CPU per GET /api/user/ at 64 conn: authd, bare stack", f"{r['cpu_us']:.0f} us, {b['cpu_us']:.0f} us", "(process user+system time)", ""])
     rt_user = round_trips(db, port, "/api/user/", cookie)
