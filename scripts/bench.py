@@ -32,7 +32,7 @@ QUICK = "--quick" in sys.argv
 DUR = 3 if QUICK else 6
 # authd and the bare stack in turn at 64 connections: short rounds, many of them, each pair
 # in alternating order (authd first, then the bare stack first), so that a shared VM's
-# drift falls on both alike. One round's ratio spreads over about 0.8-1.1 here, at 1, 2 or
+# drift falls on both alike. One round's ratio spreads over about 0.7-1.1 here, at 1, 3 or
 # 6 s alike, so only the number of rounds narrows the median (see BENCHMARKS.md).
 BARE_ROUNDS = 1 if QUICK else 21
 ROUND_SECS = DUR if QUICK else 2
