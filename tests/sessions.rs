@@ -1678,6 +1678,35 @@ fn session_copy(db: &TestDb, sid: i64) -> (String, String, bool) {
     (r.get(0), r.get(1), r.get(2))
 }
 
+/// Takes the schema back to what 0005 left (no copy of the user in sessions, no triggers),
+/// with the rows as they are.
+fn schema_before_0006(db: &TestDb) {
+    db.client()
+        .batch_execute(
+            "DROP TRIGGER authd_user_to_sessions ON accounts_user; \
+             DROP TRIGGER authd_session_copy_user ON authd_session; \
+             DROP FUNCTION authd_user_to_sessions(); DROP FUNCTION authd_session_copy_user(); \
+             ALTER TABLE authd_session DROP COLUMN user_name, DROP COLUMN user_email, \
+               DROP COLUMN user_active; \
+             DELETE FROM authd_schema_migrations WHERE version = 6",
+        )
+        .unwrap();
+}
+
+/// Returns once a backend of this test's database waits for a lock; fails after `limit`
+/// naming `who` (the only client that can wait there).
+fn until_a_lock_wait(db: &TestDb, limit: Duration, who: &str) {
+    let t0 = Instant::now();
+    while db.count(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND wait_event_type = 'Lock'",
+    ) == 0
+    {
+        assert!(t0.elapsed() < limit, "{who} never waited");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn a_change_of_the_user_by_another_writer_shows_at_once_on_its_live_sessions() {
     // The session check reads the user from the session row; Django or an operator's SQL
@@ -1797,16 +1826,7 @@ fn migrating_a_database_from_before_0006_copies_users_into_its_live_sessions() {
         pair = signup(&s, "a@example.com");
     }
     // The schema as 0005 left it, with the session made then.
-    db.client()
-        .batch_execute(
-            "DROP TRIGGER authd_user_to_sessions ON accounts_user; \
-             DROP TRIGGER authd_session_copy_user ON authd_session; \
-             DROP FUNCTION authd_user_to_sessions(); DROP FUNCTION authd_session_copy_user(); \
-             ALTER TABLE authd_session DROP COLUMN user_name, DROP COLUMN user_email, \
-               DROP COLUMN user_active; \
-             DELETE FROM authd_schema_migrations WHERE version = 6",
-        )
-        .unwrap();
+    schema_before_0006(&db);
     let s = Server::start(&db);
     assert_eq!(db.count("SELECT count(*) FROM authd_schema_migrations"), 6);
     assert_eq!(whoami(&s, &pair.jwt)["name"], "Alice");
@@ -1838,18 +1858,7 @@ fn a_login_racing_a_change_of_its_user_carries_the_change() {
             Some(body.as_bytes()),
         )
     });
-    let t0 = Instant::now();
-    while db.count(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-         AND wait_event_type = 'Lock'",
-    ) == 0
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the login never waited"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
+    until_a_lock_wait(&db, Duration::from_secs(10), "the login");
     tx.commit().unwrap();
     let r = waiting.join().unwrap();
     // (The body is the user as read when the password was checked, before the wait.)
@@ -1903,16 +1912,8 @@ fn a_change_of_a_user_during_the_0006_migration_reaches_its_sessions() {
         let s = Server::start(&db);
         pair = signup(&s, "a@example.com");
     }
+    schema_before_0006(&db);
     let mut c = db.client();
-    c.batch_execute(
-        "DROP TRIGGER authd_user_to_sessions ON accounts_user; \
-         DROP TRIGGER authd_session_copy_user ON authd_session; \
-         DROP FUNCTION authd_user_to_sessions(); DROP FUNCTION authd_session_copy_user(); \
-         ALTER TABLE authd_session DROP COLUMN user_name, DROP COLUMN user_email, \
-           DROP COLUMN user_active; \
-         DELETE FROM authd_schema_migrations WHERE version = 6",
-    )
-    .unwrap();
     let mut tx = c.transaction().unwrap();
     tx.execute("UPDATE accounts_user SET name = 'Renamed'", &[])
         .unwrap();
@@ -1921,18 +1922,7 @@ fn a_change_of_a_user_during_the_0006_migration_reaches_its_sessions() {
         let env = env_refs(&env);
         authd(&["migrate"], &env)
     });
-    let t0 = Instant::now();
-    while db.count(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-         AND wait_event_type = 'Lock'",
-    ) == 0
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the migration never waited"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
+    until_a_lock_wait(&db, Duration::from_secs(30), "the migration");
     tx.commit().unwrap();
     let out = migrating.join().unwrap();
     assert_eq!(
