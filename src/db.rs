@@ -258,9 +258,12 @@ impl Conn {
                 ))?,
                 current_session_user: c.prepare(
                     // One row: the session carries its user's name, email and is_active, kept
-                    // exact by triggers (sql/0006_session_user.sql).
+                    // exact by triggers (sql/0006_session_user.sql). The session's id is the
+                    // only key: with `user_id = $n` here too, a generic plan may take the
+                    // user_id index and filter every session of the user; the token's user is
+                    // compared with the row's below instead.
                     "SELECT user_id, user_name, user_email FROM authd_session \
-                     WHERE id = $2 AND user_id = $1 AND user_active AND revoked_at IS NULL \
+                     WHERE id = $1 AND user_active AND revoked_at IS NULL \
                      AND expires_at > now() AND idle_expires_at > now()",
                 )?,
                 revoke: c.prepare(
@@ -453,12 +456,14 @@ impl Conn {
     /// or absolute end): one round trip, one primary-key probe.
     pub fn current_session_user(&mut self, id: i64, session: i64) -> Result<Option<User>, DbError> {
         let st = self.stmts()?.current_session_user.clone();
-        let row = self.client.query_opt(&st, &[&id, &session])?;
-        Ok(row.map(|r| User {
-            id: r.get(0),
-            name: r.get(1),
-            email: r.get(2),
-        }))
+        let row = self.client.query_opt(&st, &[&session])?;
+        Ok(row
+            .map(|r| User {
+                id: r.get(0),
+                name: r.get(1),
+                email: r.get(2),
+            })
+            .filter(|u| u.id == id))
     }
 
     /// Records a revoked token until its expiry.

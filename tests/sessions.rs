@@ -1023,6 +1023,48 @@ fn tokens_from_before_sessions_stay_valid_until_logout() {
     assert_live(&s, &p);
 }
 
+#[test]
+fn a_signed_token_naming_another_users_session_is_refused() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let db = TestDb::new();
+    let s = Server::start(&db);
+    let a = signup(&s, "a@example.com");
+    let a_id = s.login("a@example.com", PW).json()["id"].as_i64().unwrap();
+    // b with many sessions, so that a probe that filtered b's sessions would be seen too
+    assert_eq!(s.register("Bob", "b@example.com", PW).status, 201);
+    let b: Vec<Pair> = (0..3).map(|_| login(&s, "b@example.com")).collect();
+    let b_id = s.login("b@example.com", PW).json()["id"].as_i64().unwrap();
+    db.client()
+        .batch_execute(&format!(
+            "INSERT INTO authd_session (user_id, idle_expires_at, expires_at, user_agent, ip) \
+             SELECT {b_id}, now() + interval '1 hour', now() + interval '1 day', 'filler', '' \
+             FROM generate_series(1, 2000); ANALYZE authd_session"
+        ))
+        .unwrap();
+    let now = now_f64() as i64;
+    let token = |id: i64, sid: i64| {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"id": id, "iat": now, "exp": now + 600, "jti": format!("t-{id}-{sid}"), "sid": sid}),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    // the right key, a live session, the wrong user: refused, both ways round
+    assert_eq!(me(&s, &token(a_id, b[0].sid())), 401);
+    assert_eq!(me(&s, &token(b_id, a.sid())), 401);
+    assert_eq!(me(&s, &token(a_id + 1000, a.sid())), 401);
+    // the same forge with the pair that belongs together passes: the refusals are for the user
+    assert_eq!(me(&s, &token(a_id, a.sid())), 200);
+    assert_eq!(me(&s, &token(b_id, b[2].sid())), 200);
+    // many times over, so that the prepared statement's generic plan is in use too
+    for _ in 0..8 {
+        assert_eq!(me(&s, &token(a_id, b[1].sid())), 401);
+        assert_eq!(me(&s, &token(b_id, b[1].sid())), 200);
+    }
+    assert_live(&s, &a);
+}
+
 // ---------------------------------------------------------------------------------------
 // GET /api/sessions/
 // ---------------------------------------------------------------------------------------
