@@ -194,6 +194,11 @@ pub enum Throttle {
 }
 
 impl Conn {
+    /// Whether the connection to PostgreSQL is gone (the pool then drops it).
+    pub fn is_broken(&self) -> bool {
+        self.client.is_closed()
+    }
+
     fn stmts(&mut self) -> Result<&Stmts, DbError> {
         if self.stmts.is_none() {
             let c = &mut self.client;

@@ -39,6 +39,9 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(8);
 const CONNECTION_STACK: usize = 256 * 1024;
 /// Stack of a worker (handlers, bcrypt, the PostgreSQL client).
 const WORKER_STACK: usize = 1024 * 1024;
+/// How long a fast worker waits for a request before it hands the connection it keeps
+/// back to the pool (and checks for shutdown).
+const KEEP_IDLE: Duration = Duration::from_millis(200);
 /// Longest request line; a longer target gets 414.
 pub const MAX_REQUEST_LINE: usize = 8 * 1024;
 /// Longest header line (431).
@@ -211,6 +214,10 @@ impl App {
             hash: hash_tx,
             refuse: refuse_tx,
         });
+        // A fast worker keeps its connection between requests when the pool has one for
+        // every request thread (the default), so that the hashing threads and the purge
+        // still draw from the rest; with a smaller pool every request hands its back.
+        let keep = cfg.db_pool_size as usize >= cfg.workers + cfg.hash_workers;
         let fast = (0..cfg.workers)
             .map(|i| {
                 let (server, lanes, stop) = (server.clone(), lanes.clone(), stop.clone());
@@ -218,13 +225,18 @@ impl App {
                     .name(format!("worker-{i}"))
                     .stack_size(WORKER_STACK)
                     .spawn(move || {
+                        if keep {
+                            lanes.ctx.keep_connections_here();
+                        }
                         while !stop.requested() {
-                            match server.recv_timeout(Duration::from_millis(200)) {
+                            match server.recv_timeout(KEEP_IDLE) {
                                 Ok(Some(rq)) => lanes.take(rq),
-                                Ok(None) => {}
+                                // idle: the pool gets the connection back
+                                Ok(None) => Ctx::release_kept_connection(),
                                 Err(e) => log::warn!("receiving a request failed: {e}"),
                             }
                         }
+                        Ctx::release_kept_connection();
                     })
             })
             .collect::<io::Result<Vec<_>>>()?;

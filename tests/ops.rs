@@ -458,3 +458,100 @@ fn the_hashing_threads_are_lowered_from_the_nice_value_authd_was_started_with() 
     }
     assert_only_hashers_lowered(&Server::from_command(cmd), 5);
 }
+
+/// `GET /api/user/` from `clients` threads, each on its own connections, until `stop`;
+/// the statuses seen.
+fn user_flood(
+    s: &Server,
+    cookie: &str,
+    clients: usize,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<u16> {
+    use std::sync::atomic::Ordering;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut seen = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = request(s.addr, "GET", "/api/user/", &[("Cookie", cookie)], None);
+                        seen.push(r.status);
+                    }
+                    seen
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
+}
+
+fn pool_in_use(s: &Server) -> f64 {
+    let (_, samples) = parse_exposition(&s.get("/metrics", &[]).body);
+    value(
+        &samples,
+        "authd_db_pool_connections",
+        &[("state", "in_use")],
+    )
+    .unwrap()
+}
+
+/// The fast workers keep the connection they used last while requests keep coming: logins
+/// (the hashing lane) and the session list must still get connections, and an authd that
+/// has gone idle holds none, as the pool alone would.
+fn kept_connections_starve_nothing(pool: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let db = TestDb::new();
+    let s = Server::start_with(
+        &db,
+        &[
+            ("WORKERS", "4"),
+            ("DB_POOL_SIZE", pool),
+            ("DB_TIMEOUT", "1"),
+        ],
+    );
+    let email = unique_email("keep");
+    s.register("K", &email, "Password123").expect(201);
+    let cookie = s.login(&email, "Password123").cookie_pair("jwt").unwrap();
+    let stop = AtomicBool::new(false);
+    let (statuses, logins) = std::thread::scope(|scope| {
+        let flood = scope.spawn(|| user_flood(&s, &cookie, 8, &stop));
+        std::thread::sleep(Duration::from_millis(300));
+        let logins: Vec<u16> = (0..6)
+            .map(|_| s.login(&email, "Password123").status)
+            .collect();
+        let max: u32 = pool.parse().unwrap();
+        let busy = pool_in_use(&s);
+        assert!(busy <= f64::from(max), "{busy} in use of {max}");
+        stop.store(true, Ordering::Relaxed);
+        (flood.join().unwrap(), logins)
+    });
+    assert!(
+        statuses.len() > 50,
+        "the flood hardly ran: {}",
+        statuses.len()
+    );
+    assert!(statuses.iter().all(|&c| c == 200), "{statuses:?}");
+    assert_eq!(logins, vec![200; 6], "logins during the flood");
+    // idle: every connection back in the pool within a few wait periods
+    assert!(
+        eventually(Duration::from_secs(3), || pool_in_use(&s) == 0.0),
+        "an idle authd still holds {} connections",
+        pool_in_use(&s)
+    );
+    s.get("/api/user/", &[("Cookie", &cookie)]).expect(200);
+}
+
+#[test]
+fn fast_workers_keep_connections_without_starving_logins_and_give_them_back_when_idle() {
+    // the default pool (WORKERS + cores)
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    kept_connections_starve_nothing(&(4 + cores).to_string());
+}
+
+#[test]
+fn a_pool_smaller_than_the_request_threads_is_shared_request_by_request() {
+    kept_connections_starve_nothing("2");
+}
