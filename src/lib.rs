@@ -106,8 +106,8 @@ impl Ctx {
     /// back to the pool after each request (the fast workers do, when the pool has a
     /// connection for every request thread). A connection that moves between threads on
     /// every request costs its new thread cache misses and its allocator cross-thread
-    /// frees: at 64 connections, kept connections served about 7% more GET /api/user/ for
-    /// about 5% less CPU each (BENCHMARKS.md).
+    /// frees: at 64 connections, GET /api/user/ against the bare stack went from 0.90-0.93x
+    /// to 0.97-1.00x (BENCHMARKS.md, "Kept connections").
     pub fn keep_connections_here(&self) {
         KEEPER.with(|k| k.set(self.id()));
     }
