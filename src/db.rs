@@ -1,6 +1,6 @@
 //! The connection pool, schema migrations and every query authd makes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls, Statement};
 use r2d2::ManageConnection;
@@ -98,7 +98,13 @@ impl From<r2d2::Error> for DbError {
 pub struct Conn {
     client: Client,
     stmts: Option<Stmts>,
+    born: Instant,
 }
+
+/// How long a connection serves before it is closed and replaced when next handed back
+/// (r2d2's `max_lifetime` closes only idle ones, and a fast worker's kept connection is not
+/// idle while requests keep coming).
+pub const MAX_CONN_AGE: Duration = Duration::from_secs(30 * 60);
 
 struct Stmts {
     current_user: Statement,
@@ -125,6 +131,7 @@ impl ManageConnection for Manager {
         Ok(Conn {
             client,
             stmts: None,
+            born: Instant::now(),
         })
     }
 
@@ -133,7 +140,7 @@ impl ManageConnection for Manager {
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.client.is_closed()
+        conn.is_broken()
     }
 }
 
@@ -194,9 +201,10 @@ pub enum Throttle {
 }
 
 impl Conn {
-    /// Whether the connection to PostgreSQL is gone (the pool then drops it).
+    /// Whether the connection to PostgreSQL is gone, or has lived [`MAX_CONN_AGE`]: the
+    /// pool then drops it rather than take it back.
     pub fn is_broken(&self) -> bool {
-        self.client.is_closed()
+        self.client.is_closed() || self.born.elapsed() >= MAX_CONN_AGE
     }
 
     fn stmts(&mut self) -> Result<&Stmts, DbError> {

@@ -85,6 +85,17 @@ impl Ctx {
                 "the schema is not migrated yet (database unreachable)".into(),
             ));
         }
+        self.checkout(None)
+            .map_err(|e| ApiError::from(db::DbError::from(e)))
+    }
+
+    /// The connection [`Ctx::conn`] would give, waiting at most `wait` for one from the
+    /// pool; `None` if there is none in time.
+    pub fn conn_within(&self, wait: std::time::Duration) -> Option<PoolConn> {
+        self.checkout(Some(wait)).ok()
+    }
+
+    fn checkout(&self, wait: Option<std::time::Duration>) -> Result<PoolConn, r2d2::Error> {
         let keep = KEEPER.with(Cell::get) == self.id();
         if keep && let Some(conn) = KEPT.with(|k| k.borrow_mut().take()) {
             return Ok(PoolConn {
@@ -92,10 +103,10 @@ impl Ctx {
                 keep,
             });
         }
-        let conn = self
-            .pool
-            .get()
-            .map_err(|e| ApiError::from(db::DbError::from(e)))?;
+        let conn = match wait {
+            Some(wait) => self.pool.get_timeout(wait)?,
+            None => self.pool.get()?,
+        };
         Ok(PoolConn {
             conn: Some(conn),
             keep,
@@ -106,7 +117,7 @@ impl Ctx {
     /// back to the pool after each request (the fast workers do, when the pool has a
     /// connection for every request thread). A connection that moves between threads on
     /// every request costs its new thread cache misses and its allocator cross-thread
-    /// frees: at 64 connections, GET /api/user/ against the bare stack went from 0.90-0.93x
+    /// frees: at 64 connections, GET /api/user/ against the bare stack went from 0.89-0.93x
     /// to 0.97-1.00x (BENCHMARKS.md, "Kept connections").
     pub fn keep_connections_here(&self) {
         KEEPER.with(|k| k.set(self.id()));
@@ -163,7 +174,8 @@ thread_local! {
 }
 
 /// A connection taken with [`Ctx::conn`]: back to the pool when dropped, or kept by the
-/// thread that keeps its connection (unless it broke: the pool then replaces it).
+/// thread that keeps its connection (unless it broke or reached [`db::MAX_CONN_AGE`]: the
+/// pool then drops it and connects anew when asked).
 pub struct PoolConn {
     conn: Option<r2d2::PooledConnection<db::Manager>>,
     keep: bool,
@@ -185,7 +197,9 @@ impl std::ops::DerefMut for PoolConn {
 impl Drop for PoolConn {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
-        if !self.keep || conn.is_broken() {
+        // Not kept after a panic in its handler either: the connection may be in the middle
+        // of something (the pool gets it, as it did before keeping).
+        if !self.keep || std::thread::panicking() || conn.is_broken() {
             return; // to the pool, which drops a broken connection
         }
         // A second connection taken while the first was out goes back to the pool; so does

@@ -16,12 +16,7 @@ pub fn healthz(_ctx: &Ctx, _req: &Request) -> Result<Reply, ApiError> {
 /// 200 when the schema is in place and the database answers a round trip, else 503.
 pub fn readyz(ctx: &Ctx, _req: &Request) -> Result<Reply, ApiError> {
     let wait = ctx.config.db_timeout.min(Duration::from_secs(1));
-    let ready = ctx.is_migrated()
-        && ctx
-            .pool
-            .get_timeout(wait)
-            .ok()
-            .is_some_and(|mut c| c.ping().is_ok());
+    let ready = ctx.is_migrated() && ctx.conn_within(wait).is_some_and(|mut c| c.ping().is_ok());
     Ok(if ready {
         Reply::json(200, &json!({ "status": "ok" }))
     } else {

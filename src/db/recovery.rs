@@ -120,6 +120,7 @@ pub fn connect(config: &postgres::Config) -> Result<Conn, DbError> {
     Ok(Conn {
         client,
         stmts: None,
+        born: std::time::Instant::now(),
     })
 }
 
