@@ -128,11 +128,7 @@ impl ManageConnection for Manager {
         let mut client = self.0.connect()?;
         // A hung query must not pin a worker for ever.
         client.batch_execute("SET statement_timeout = '10s'")?;
-        Ok(Conn {
-            client,
-            stmts: None,
-            born: Instant::now(),
-        })
+        Ok(Conn::new(client))
     }
 
     fn is_valid(&self, conn: &mut Conn) -> Result<(), postgres::Error> {
@@ -201,6 +197,15 @@ pub enum Throttle {
 }
 
 impl Conn {
+    /// A connection with nothing prepared yet, its age counted from now.
+    fn new(client: Client) -> Conn {
+        Conn {
+            client,
+            stmts: None,
+            born: Instant::now(),
+        }
+    }
+
     /// Whether the connection to PostgreSQL is gone, or has lived [`MAX_CONN_AGE`]: the
     /// pool then drops it rather than take it back.
     pub fn is_broken(&self) -> bool {

@@ -97,15 +97,12 @@ impl Ctx {
 
     fn checkout(&self, wait: Option<std::time::Duration>) -> Result<PoolConn, r2d2::Error> {
         let keep = KEEPER.with(Cell::get) == self.id();
-        if keep && let Some(conn) = KEPT.with(|k| k.borrow_mut().take()) {
-            return Ok(PoolConn {
-                conn: Some(conn),
-                keep,
-            });
-        }
-        let conn = match wait {
-            Some(wait) => self.pool.get_timeout(wait)?,
-            None => self.pool.get()?,
+        let conn = match keep.then(|| KEPT.with(|k| k.borrow_mut().take())).flatten() {
+            Some(kept) => kept,
+            None => match wait {
+                Some(wait) => self.pool.get_timeout(wait)?,
+                None => self.pool.get()?,
+            },
         };
         Ok(PoolConn {
             conn: Some(conn),

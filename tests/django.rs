@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
 
 const FIXTURE: &str = include_str!("fixtures/django5_seed.sql");
@@ -200,12 +199,7 @@ fn a_token_the_django_original_issued_works_until_logout_revokes_it() {
         .as_secs();
     // The seed's payload: {'id': user.id, 'exp': now + 60 min, 'iat': now}, HS256, no jti.
     let claims = json!({"id": 10, "exp": now + 3600, "iat": now});
-    let token = jsonwebtoken::encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let token = signed(&claims);
     let cookie = format!("jwt={token}");
     let body = s.get("/api/user/", &[("Cookie", &cookie)]).expect(200);
     assert_eq!(

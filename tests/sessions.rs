@@ -1002,18 +1002,12 @@ fn logout_with_another_scope_is_400_and_ends_nothing() {
 
 #[test]
 fn tokens_from_before_sessions_stay_valid_until_logout() {
-    use jsonwebtoken::{Algorithm, EncodingKey, Header};
     let db = TestDb::new();
     let s = Server::start(&db);
     let p = signup(&s, "a@example.com");
     let id = s.login("a@example.com", PW).json()["id"].as_i64().unwrap();
     let now = now_f64() as i64;
-    let legacy = jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"id": id, "iat": now, "exp": now + 600, "jti": "legacy-token-1"}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let legacy = signed(&json!({"id": id, "iat": now, "exp": now + 600, "jti": "legacy-token-1"}));
     assert_eq!(me(&s, &legacy), 200);
     // it is no refresh token
     assert_eq!(refresh_with(&s, &format!("jwt={legacy}"), &[]).status, 401);
@@ -1025,7 +1019,6 @@ fn tokens_from_before_sessions_stay_valid_until_logout() {
 
 #[test]
 fn a_signed_token_naming_another_users_session_is_refused() {
-    use jsonwebtoken::{Algorithm, EncodingKey, Header};
     let db = TestDb::new();
     let s = Server::start(&db);
     let a = signup(&s, "a@example.com");
@@ -1043,12 +1036,9 @@ fn a_signed_token_naming_another_users_session_is_refused() {
         .unwrap();
     let now = now_f64() as i64;
     let token = |id: i64, sid: i64| {
-        jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
+        signed(
             &json!({"id": id, "iat": now, "exp": now + 600, "jti": format!("t-{id}-{sid}"), "sid": sid}),
-            &EncodingKey::from_secret(SECRET.as_bytes()),
         )
-        .unwrap()
     };
     // the right key, a live session, the wrong user: refused, both ways round
     assert_eq!(me(&s, &token(a_id, b[0].sid())), 401);

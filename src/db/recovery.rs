@@ -117,11 +117,7 @@ pub fn connect(config: &postgres::Config) -> Result<Conn, DbError> {
         ))
     })?;
     client.batch_execute("SET statement_timeout = '10s'; LISTEN authd_outbox")?;
-    Ok(Conn {
-        client,
-        stmts: None,
-        born: std::time::Instant::now(),
-    })
+    Ok(Conn::new(client))
 }
 
 impl Conn {

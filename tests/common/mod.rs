@@ -14,6 +14,17 @@ use serde_json::Value;
 
 pub const SECRET: &str = "test-secret-key-that-is-at-least-32-bytes-long";
 
+/// `claims` as an HS256 token signed with the test servers' key.
+pub fn signed(claims: &Value) -> String {
+    use jsonwebtoken::{EncodingKey, Header};
+    jsonwebtoken::encode(
+        &Header::default(),
+        claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 /// The admin connection string of the test cluster `make test` started.
 pub fn admin_dsn() -> String {
     std::env::var("AUTHD_TEST_PG").unwrap_or_else(|_| {
